@@ -1,0 +1,71 @@
+//! Serve every Kafka record as an [`http::Request`] through composable
+//! [Tower](https://docs.rs/tower) middleware.
+//!
+//! kafka-tower hands each consumed record to any
+//! `tower::Service<http::Request<RecordBody>>` — a closure service, a
+//! hand-written one, or an unmodified `axum::Router` routing by topic — so the
+//! cross-cutting concerns that live in HTTP middleware (authentication,
+//! validation, tracing, metrics, audit) and the existing `tower` /
+//! `tower-http` layers compose with `ServiceBuilder` unchanged.
+//!
+//! # A short tour
+//!
+//! * [`ConsumedRecord`] → [`http::Request`]: the topic becomes the path
+//!   `/<topic>`, the payload the body ([`RecordBody`]), headers go into the
+//!   `HeaderMap` *and*, byte-exact, into the [`RawHeaders`] extension; key,
+//!   partition, offset, timestamp, group and attempt are in [`RecordMeta`].
+//!   See [`mapping`].
+//! * The service answers with an `http::Response`: `2xx` means handled;
+//!   `408`, `429` and `5xx` (or an `Err`, or a panic) are retried with
+//!   backoff; any other status is a permanent failure that goes straight to
+//!   the dead-letter topic. A layer that refuses a record says who and why
+//!   with a [`Refusal`] extension.
+//! * The runtime (`Consumer`, feature `runtime`) owns offsets, ordering,
+//!   backpressure, retries and dead-lettering.
+//!
+//! ```no_run
+//! # #[cfg(feature = "runtime")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::convert::Infallible;
+//! use kafka_tower::{Consumer, RecordBody, RecordMeta};
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! let handler = service_fn(|req: http::Request<RecordBody>| async move {
+//!     let meta = req.extensions().get::<RecordMeta>().unwrap();
+//!     println!("{} {}@{}", req.uri().path(), meta.partition(), meta.offset());
+//!     Ok::<_, Infallible>(http::Response::new(String::new()))
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(tower::timeout::TimeoutLayer::new(std::time::Duration::from_secs(5)))
+//!     .service(handler);
+//!
+//! Consumer::builder()
+//!     .bootstrap_servers("127.0.0.1:9092")
+//!     .group_id("orders-service")
+//!     .topics(["orders"])
+//!     .build()?
+//!     .serve(service, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `runtime` | yes | The rdkafka-based consumer runtime, configuration loading and the dead-letter producer. Without it the crate is only the vocabulary (mapping, [`RecordMeta`], [`RawHeaders`], [`Refusal`]) and does not build librdkafka. |
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod body;
+pub mod mapping;
+pub mod record;
+pub mod refusal;
+
+pub use body::RecordBody;
+pub use mapping::{ConsumedRecord, MappingError, OutgoingRecord};
+pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
+pub use refusal::Refusal;
+
+/// The boxed error type used where a service's own error is erased.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

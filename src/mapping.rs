@@ -1,0 +1,320 @@
+//! Record ⇄ request mapping.
+//!
+//! | Kafka record | `http::Request` |
+//! |---|---|
+//! | topic | URI path `/<topic>` |
+//! | payload | body ([`RecordBody`]), method `POST` |
+//! | null payload (tombstone) | empty body, method `DELETE` |
+//! | headers | [`http::HeaderMap`] (names lower-cased; see below) **and** [`RawHeaders`] extension (ordered, byte-exact) |
+//! | key, partition, offset, timestamp, group, attempt | [`RecordMeta`] extension |
+//!
+//! A header enters the `HeaderMap` only when HTTP can represent it: its key
+//! is a valid header name once lower-cased and its value is non-null and a
+//! valid header value (no CR, LF, NUL or other control bytes). Every header,
+//! representable or not, is in [`RawHeaders`].
+//!
+//! The reverse mapping ([`OutgoingRecord::from_request`]) takes the topic
+//! from the path, the key and partition from [`RecordMeta`] or
+//! [`OutgoingRecord`] extensions, and the headers from [`RawHeaders`] when
+//! present, then appends each `HeaderMap` entry whose name is not already in
+//! the raw headers. So record → request → record is lossless, and a layer
+//! may still add a header on the way out.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use kafka_tower::{ConsumedRecord, OutgoingRecord, RawHeader};
+//!
+//! let record = ConsumedRecord::builder("orders", 3, 42)
+//!     .key(Some(Bytes::from_static(b"order-7")))
+//!     .payload(Some(Bytes::from_static(b"{\"total\":10}")))
+//!     .header(RawHeader::new(&b"X-Correlation-Id"[..], &b"c-1"[..]))
+//!     .build();
+//! let request = record.clone().into_request(None, 1);
+//! assert_eq!(request.uri().path(), "/orders");
+//! assert_eq!(request.method(), http::Method::POST);
+//! assert_eq!(request.headers()["x-correlation-id"], "c-1");
+//!
+//! let out = OutgoingRecord::from_record_request(request).unwrap();
+//! assert_eq!(out.topic, "orders");
+//! assert_eq!(out.payload, record.payload);
+//! assert_eq!(out.headers, record.headers);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+
+use crate::body::RecordBody;
+use crate::record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
+
+/// An owned consumed record: what the runtime copies out of librdkafka's
+/// buffer once, and what the dead-letter path writes back byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+    /// The offset within the partition.
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, when the record has a timestamp.
+    pub timestamp: Option<i64>,
+    /// How the timestamp was assigned.
+    pub timestamp_type: TimestampType,
+    /// The key; `None` when the record has none.
+    pub key: Option<Bytes>,
+    /// The payload; `None` for a tombstone.
+    pub payload: Option<Bytes>,
+    /// The headers in record order, byte-exact.
+    pub headers: RawHeaders,
+}
+
+impl ConsumedRecord {
+    /// Starts a record of `topic` at `partition` / `offset`.
+    pub fn builder(topic: impl Into<Arc<str>>, partition: i32, offset: i64) -> ConsumedRecordBuilder {
+        ConsumedRecordBuilder {
+            record: ConsumedRecord {
+                topic: topic.into(),
+                partition,
+                offset,
+                timestamp: None,
+                timestamp_type: TimestampType::NotAvailable,
+                key: None,
+                payload: None,
+                headers: RawHeaders::new(),
+            },
+        }
+    }
+
+    /// The [`RecordMeta`] of this record for the given group and attempt.
+    pub fn meta(&self, group: Option<Arc<str>>, attempt: u32) -> RecordMeta {
+        RecordMeta {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type,
+            key: self.key.clone(),
+            group,
+            attempt,
+        }
+    }
+
+    /// Presents the record as an `http::Request` (see the [module
+    /// docs](self) for the mapping). `group` and `attempt` go into
+    /// [`RecordMeta`].
+    pub fn into_request(self, group: Option<Arc<str>>, attempt: u32) -> Request<RecordBody> {
+        let uri = topic_uri(&self.topic);
+        self.into_request_with_uri(uri, group, attempt)
+    }
+
+    /// As [`ConsumedRecord::into_request`], with a URI the caller built
+    /// (the runtime caches one per topic).
+    pub fn into_request_with_uri(
+        self,
+        uri: Uri,
+        group: Option<Arc<str>>,
+        attempt: u32,
+    ) -> Request<RecordBody> {
+        let meta = self.meta(group, attempt);
+        let method = if self.payload.is_none() {
+            Method::DELETE
+        } else {
+            Method::POST
+        };
+        let mut req = Request::new(RecordBody::new(self.payload));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let map = req.headers_mut();
+        map.reserve(self.headers.len());
+        for h in self.headers.iter() {
+            if let Some(value) = &h.value {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(&h.key),
+                    HeaderValue::from_maybe_shared(value.clone()),
+                ) {
+                    map.append(name, value);
+                }
+            }
+        }
+        let ext = req.extensions_mut();
+        ext.insert(meta);
+        ext.insert(self.headers);
+        req
+    }
+}
+
+/// Builds a [`ConsumedRecord`], mostly for tests and examples.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecordBuilder {
+    record: ConsumedRecord,
+}
+
+impl ConsumedRecordBuilder {
+    /// Sets the key.
+    pub fn key(mut self, key: Option<Bytes>) -> Self {
+        self.record.key = key;
+        self
+    }
+    /// Sets the payload; `None` makes a tombstone.
+    pub fn payload(mut self, payload: Option<Bytes>) -> Self {
+        self.record.payload = payload;
+        self
+    }
+    /// Appends a header.
+    pub fn header(mut self, header: RawHeader) -> Self {
+        self.record.headers.push(header);
+        self
+    }
+    /// Replaces all headers.
+    pub fn headers(mut self, headers: RawHeaders) -> Self {
+        self.record.headers = headers;
+        self
+    }
+    /// Sets the timestamp and its type.
+    pub fn timestamp(mut self, millis: Option<i64>, kind: TimestampType) -> Self {
+        self.record.timestamp = millis;
+        self.record.timestamp_type = kind;
+        self
+    }
+    /// Finishes the record.
+    pub fn build(self) -> ConsumedRecord {
+        self.record
+    }
+}
+
+/// The URI `/<topic>` under which a topic's records are served.
+///
+/// Kafka topic names use only `[a-zA-Z0-9._-]`, all valid path characters,
+/// so the mapping needs no escaping. A name outside that set (which Kafka
+/// would refuse anyway) yields the path `/` rather than a panic.
+pub fn topic_uri(topic: &str) -> Uri {
+    let mut s = String::with_capacity(topic.len() + 1);
+    s.push('/');
+    s.push_str(topic);
+    Uri::try_from(s).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// The topic named by a request path `/<topic>`, if the path has that form.
+pub fn topic_from_path(path: &str) -> Option<&str> {
+    let topic = path.strip_prefix('/')?;
+    if is_valid_topic_name(topic) {
+        Some(topic)
+    } else {
+        None
+    }
+}
+
+/// Whether `name` is a legal Kafka topic name: 1 to 249 characters of
+/// `[a-zA-Z0-9._-]`, and neither `.` nor `..`.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A record to produce: what the producer and the dead-letter path send.
+///
+/// Also usable as a request extension to set the key, partition or
+/// timestamp of a request the producer service sends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingRecord {
+    /// The destination topic.
+    pub topic: String,
+    /// An explicit partition, or `None` for the partitioner's choice.
+    pub partition: Option<i32>,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// The payload; `None` produces a tombstone.
+    pub payload: Option<Bytes>,
+    /// The headers, in order.
+    pub headers: RawHeaders,
+    /// An explicit timestamp in milliseconds, or `None` for "now".
+    pub timestamp: Option<i64>,
+}
+
+/// Why a request could not be turned into a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingError {
+    /// The URI path is not `/<topic>` with a legal topic name.
+    InvalidTopic(String),
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MappingError::InvalidTopic(path) => write!(
+                f,
+                "request path {path:?} does not name a topic: expected /<topic> with 1-249 characters of [a-zA-Z0-9._-]"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MappingError {}
+
+impl OutgoingRecord {
+    /// Maps a request whose body is already in memory to a record.
+    ///
+    /// The topic is the URI path; key, partition and timestamp come from an
+    /// [`OutgoingRecord`] extension if present, else from [`RecordMeta`]
+    /// (key and timestamp only: a forwarded record keeps its key but lets the
+    /// partitioner choose). Headers come from [`RawHeaders`] when present,
+    /// followed by the `HeaderMap` entries whose names the raw headers lack.
+    /// A `DELETE` with an empty body is a tombstone.
+    pub fn from_parts(parts: http::request::Parts, payload: Option<Bytes>) -> Result<Self, MappingError> {
+        let topic = topic_from_path(parts.uri.path())
+            .ok_or_else(|| MappingError::InvalidTopic(parts.uri.path().to_owned()))?
+            .to_owned();
+        let mut out = OutgoingRecord {
+            topic,
+            payload,
+            ..Default::default()
+        };
+        if let Some(meta) = parts.extensions.get::<RecordMeta>() {
+            out.key = meta.key.clone();
+            out.timestamp = meta.timestamp;
+        }
+        if let Some(explicit) = parts.extensions.get::<OutgoingRecord>() {
+            out.partition = explicit.partition;
+            if explicit.key.is_some() {
+                out.key = explicit.key.clone();
+            }
+            if explicit.timestamp.is_some() {
+                out.timestamp = explicit.timestamp;
+            }
+        }
+        let raw = parts.extensions.get::<RawHeaders>();
+        let mut headers = raw.cloned().unwrap_or_default();
+        for (name, value) in parts.headers.iter() {
+            let present = raw.is_some_and(|r| r.contains_name_ignore_case(name.as_str().as_bytes()));
+            if !present {
+                headers.push(RawHeader::new(
+                    Bytes::copy_from_slice(name.as_str().as_bytes()),
+                    Bytes::copy_from_slice(value.as_bytes()),
+                ));
+            }
+        }
+        out.headers = headers;
+        Ok(out)
+    }
+
+    /// Maps a request built by [`ConsumedRecord::into_request`] (or any
+    /// request with a [`RecordBody`]) back to a record, losslessly.
+    pub fn from_record_request(req: Request<RecordBody>) -> Result<Self, MappingError> {
+        let (parts, body) = req.into_parts();
+        let payload = if body.is_tombstone() {
+            None
+        } else {
+            Some(body.into_payload().unwrap_or_default())
+        };
+        OutgoingRecord::from_parts(parts, payload)
+    }
+}
