@@ -1,0 +1,111 @@
+//! The verified-token cache.
+//!
+//! A token propagated along thousands of records is verified once: the
+//! cache maps a 64-bit hash of the token (foldhash, randomly seeded per
+//! cache) to the verified claims. A hit compares the stored token bytes
+//! with the presented ones, so a hash collision can only cost a miss, never
+//! accept a token that was not verified. Entries hold only what does not
+//! depend on time or topic (signature, issuer, audience, key generation);
+//! `exp`/`nbf`, the topic's expiry mode and its scopes are judged on every
+//! request, so a cached token is accepted exactly when a fresh verification
+//! would accept it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::RwLock;
+
+use crate::claims::VerifiedClaims;
+
+/// The key is already a hash; do not hash it again.
+#[derive(Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Entry {
+    token: Box<[u8]>,
+    claims: VerifiedClaims,
+    generation: u64,
+}
+
+pub(crate) struct TokenCache {
+    map: RwLock<HashMap<u64, Entry, BuildHasherDefault<PassThrough>>>,
+    hasher: foldhash::fast::RandomState,
+    capacity: usize,
+    /// Seconds past `exp` an entry may still be accepted by some topic;
+    /// `None` when a topic skips expiry.
+    retention: Option<u64>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: usize, retention: Option<u64>) -> Self {
+        TokenCache {
+            map: RwLock::new(HashMap::default()),
+            hasher: foldhash::fast::RandomState::default(),
+            capacity,
+            retention,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, token: &[u8], generation: u64) -> Option<VerifiedClaims> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let h = self.hasher.hash_one(token);
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let e = map.get(&h)?;
+        (e.generation == generation && *e.token == *token).then(|| e.claims.clone())
+    }
+
+    pub(crate) fn insert(&self, token: &[u8], claims: VerifiedClaims, generation: u64, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let h = self.hasher.hash_one(token);
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.capacity && !map.contains_key(&h) {
+            let retention = self.retention;
+            map.retain(|_, e| {
+                e.generation == generation
+                    && match (retention, e.claims.expires_at()) {
+                        (Some(r), Some(exp)) => exp.saturating_add(r) >= now,
+                        _ => true,
+                    }
+            });
+            if map.len() >= self.capacity {
+                // Still full of live tokens: drop an arbitrary eighth.
+                let n = (self.capacity / 8).max(1);
+                let victims: Vec<u64> = map.keys().take(n).copied().collect();
+                for k in victims {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(
+            h,
+            Entry {
+                token: token.into(),
+                claims,
+                generation,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.read().unwrap().len()
+    }
+}

@@ -1,0 +1,30 @@
+//! The consumer runtime (feature `runtime`): [`Consumer`], its
+//! configuration, and the dead-letter path.
+
+pub mod config;
+mod consumer;
+pub mod dead_letter;
+mod lane;
+mod native;
+mod outcome;
+mod stats;
+
+pub use config::{ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
+pub use outcome::{is_retryable_status, ErrorClass};
+pub use stats::RuntimeStats;
+
+/// Copies a message consumed with rdkafka into a [`ConsumedRecord`](crate::ConsumedRecord):
+/// key, payload and every header byte for byte (rdkafka's own header API
+/// panics on a key that is not UTF-8; this does not).
+pub fn record_from_message(msg: &rdkafka::message::BorrowedMessage<'_>) -> crate::ConsumedRecord {
+    use rdkafka::Message as _;
+    native::to_consumed_record(msg, msg.topic().into())
+}
+
+/// Builds rdkafka headers from [`RawHeaders`](crate::RawHeaders), keys and
+/// values byte for byte, null values kept; for producing with rdkafka
+/// directly.
+pub fn rdkafka_headers(headers: &crate::RawHeaders) -> rdkafka::message::OwnedHeaders {
+    native::write_headers(headers)
+}

@@ -1,0 +1,81 @@
+//! [`RuntimeStats`]: live counters of a running consumer.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Live counters of a consumer runtime, shared with the caller through
+/// [`Consumer::stats`](super::Consumer::stats). Cheap to read at any time.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    pub(crate) buffered: AtomicUsize,
+    pub(crate) peak_buffered: AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) paused_partitions: AtomicUsize,
+    pub(crate) pauses: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) commits: AtomicU64,
+}
+
+impl RuntimeStats {
+    /// Records fetched from Kafka but not yet handed to the service.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Relaxed)
+    }
+    /// The highest [`RuntimeStats::buffered`] seen so far.
+    pub fn peak_buffered(&self) -> usize {
+        self.peak_buffered.load(Relaxed)
+    }
+    /// Records handed to the service and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+    /// Partitions paused right now for backpressure.
+    pub fn paused_partitions(&self) -> usize {
+        self.paused_partitions.load(Relaxed)
+    }
+    /// How many times a partition was paused for backpressure.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Relaxed)
+    }
+    /// Calls made to the service, retries included.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Relaxed)
+    }
+    /// Records the service handled with a `2xx`.
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Relaxed)
+    }
+    /// Retries scheduled after retryable failures.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+    /// Records written to a dead-letter topic (and acknowledged).
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Relaxed)
+    }
+    /// Failed records skipped because dead-lettering is disabled.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Relaxed)
+    }
+    /// Records left unfinished on revocation or shutdown (they will be
+    /// delivered again, to this or another consumer).
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Relaxed)
+    }
+    /// Offset commits issued.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Relaxed)
+    }
+
+    pub(crate) fn add_buffered(&self, n: usize) {
+        let now = self.buffered.fetch_add(n, Relaxed) + n;
+        self.peak_buffered.fetch_max(now, Relaxed);
+    }
+    pub(crate) fn sub_buffered(&self, n: usize) {
+        self.buffered.fetch_sub(n, Relaxed);
+    }
+}
