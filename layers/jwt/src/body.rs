@@ -46,6 +46,14 @@ impl<B> RefusalBody<B> {
         }
     }
 
+    /// The inner service's body; `None` for a refusal.
+    pub fn into_inner(self) -> Option<B> {
+        match self.kind {
+            Kind::Inner { body } => Some(body),
+            Kind::Refusal { .. } => None,
+        }
+    }
+
     /// Whether this is the body of a refusal by the layer.
     pub fn is_refusal(&self) -> bool {
         matches!(self.kind, Kind::Refusal { .. })

@@ -109,3 +109,75 @@ impl TokenCache {
         self.map.read().unwrap().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::claims::{ClaimsInner, Fingerprint};
+    use std::sync::Arc;
+
+    fn claims(exp: u64) -> VerifiedClaims {
+        VerifiedClaims(Arc::new(ClaimsInner {
+            subject: Some("s".into()),
+            client_id: None,
+            service_id: None,
+            issuer: None,
+            scopes: Box::new([]),
+            expires_at: Some(exp),
+            not_before: None,
+            algorithm: Algorithm::HS256,
+            kid: None,
+            fingerprint: Fingerprint::of(b"t"),
+            raw: serde_json::Value::Null,
+        }))
+    }
+
+    #[test]
+    fn hit_needs_same_bytes_and_generation() {
+        let c = TokenCache::new(10, Some(60));
+        c.insert(b"token-a", claims(1000), 0, 900);
+        assert!(c.get(b"token-a", 0).is_some());
+        assert!(c.get(b"token-b", 0).is_none());
+        assert!(c.get(b"token-a", 1).is_none(), "a key rotation invalidates");
+    }
+
+    #[test]
+    fn collision_on_the_hash_is_a_miss_not_a_hit() {
+        let c = TokenCache::new(10, Some(60));
+        c.insert(b"token-a", claims(1000), 0, 900);
+        // Forge an entry under token-b's hash that holds token-a's bytes,
+        // as a hash collision would.
+        let hb = c.hasher.hash_one(&b"token-b"[..]);
+        let ha = c.hasher.hash_one(&b"token-a"[..]);
+        let mut map = c.map.write().unwrap();
+        let e = map.remove(&ha).unwrap();
+        map.insert(hb, e);
+        drop(map);
+        assert!(c.get(b"token-b", 0).is_none());
+    }
+
+    #[test]
+    fn bounded_and_stale_entries_go_first() {
+        let c = TokenCache::new(4, Some(60));
+        c.insert(b"old-1", claims(100), 0, 1000);
+        c.insert(b"old-2", claims(100), 0, 1000);
+        c.insert(b"live-1", claims(5000), 0, 1000);
+        c.insert(b"live-2", claims(5000), 0, 1000);
+        c.insert(b"live-3", claims(5000), 0, 1000);
+        assert_eq!(c.len(), 3);
+        assert!(c.get(b"old-1", 0).is_none());
+        assert!(c.get(b"live-1", 0).is_some());
+        for i in 0..100u32 {
+            c.insert(&i.to_be_bytes(), claims(5000), 0, 1000);
+            assert!(c.len() <= 4);
+        }
+    }
+
+    #[test]
+    fn capacity_zero_disables() {
+        let c = TokenCache::new(0, None);
+        c.insert(b"t", claims(1), 0, 0);
+        assert!(c.get(b"t", 0).is_none());
+    }
+}

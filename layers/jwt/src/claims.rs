@@ -244,8 +244,14 @@ mod tests {
 
     #[test]
     fn scopes_from_each_claim_shape() {
-        assert_eq!(&*scopes_of(&json!({"scope": "a  b"})), &["a".into(), "b".into()] as &[Box<str>]);
-        assert_eq!(&*scopes_of(&json!({"scp": ["x", 1, "y"]})), &["x".into(), "y".into()] as &[Box<str>]);
+        assert_eq!(
+            &*scopes_of(&json!({"scope": "a  b"})),
+            &["a".into(), "b".into()] as &[Box<str>]
+        );
+        assert_eq!(
+            &*scopes_of(&json!({"scp": ["x", 1, "y"]})),
+            &["x".into(), "y".into()] as &[Box<str>]
+        );
         assert!(scopes_of(&json!({"scp": 3})).is_empty());
     }
 
@@ -253,8 +259,14 @@ mod tests {
     fn claim_names_follow_pointers() {
         let c = json!({"act": {"sub": "billing"}, "azp": "web"});
         let n = ClaimNames::default();
-        assert_eq!(ClaimNames::first_str(&n.service_id, &c).as_deref(), Some("billing"));
-        assert_eq!(ClaimNames::first_str(&n.client_id, &c).as_deref(), Some("web"));
+        assert_eq!(
+            ClaimNames::first_str(&n.service_id, &c).as_deref(),
+            Some("billing")
+        );
+        assert_eq!(
+            ClaimNames::first_str(&n.client_id, &c).as_deref(),
+            Some("web")
+        );
     }
 
     #[test]

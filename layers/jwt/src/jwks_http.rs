@@ -15,7 +15,6 @@
 //! HTTPS uses rustls; if the process has not installed a rustls
 //! `CryptoProvider`, the first build installs *ring*'s.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -90,7 +89,6 @@ pub(crate) struct RefreshTask {
     client: reqwest::Client,
     urls: Vec<reqwest::Url>,
     interval: Duration,
-    loaded: Arc<AtomicBool>,
 }
 
 impl Remote {
@@ -99,7 +97,8 @@ impl Remote {
             .urls
             .iter()
             .map(|u| {
-                let url = reqwest::Url::parse(u).map_err(|e| format!("invalid JWKS URL {u}: {e}"))?;
+                let url =
+                    reqwest::Url::parse(u).map_err(|e| format!("invalid JWKS URL {u}: {e}"))?;
                 match url.scheme() {
                     "http" | "https" => Ok(url),
                     s => Err(format!("JWKS URL {u}: scheme {s} is not http or https")),
@@ -130,7 +129,6 @@ impl Remote {
             client,
             urls,
             interval: config.refresh_interval,
-            loaded: Arc::new(AtomicBool::new(false)),
         };
         Ok((remote, task))
     }
@@ -141,7 +139,9 @@ impl Remote {
         if s.pending {
             return true;
         }
-        if s.last_start.is_some_and(|t| t.elapsed() < self.min_interval) {
+        if s.last_start
+            .is_some_and(|t| t.elapsed() < self.min_interval)
+        {
             return false;
         }
         s.pending = true;
@@ -152,8 +152,9 @@ impl Remote {
 
 impl RefreshTask {
     pub(crate) fn spawn(self, verifier: Weak<Verifier>) -> Result<(), String> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| "a JwtLayer with JWKS URLs must be built within a Tokio runtime".to_owned())?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            "a JwtLayer with JWKS URLs must be built within a Tokio runtime".to_owned()
+        })?;
         handle.spawn(self.run(verifier));
         Ok(())
     }
@@ -166,10 +167,11 @@ impl RefreshTask {
                 .last_start = Some(Instant::now());
             let fetched = self.fetch_all().await;
             {
-                let Some(verifier) = verifier.upgrade() else { return };
+                let Some(verifier) = verifier.upgrade() else {
+                    return;
+                };
                 if let Some(keys) = fetched {
                     verifier.keys.replace_fetched(keys);
-                    self.loaded.store(true, Ordering::Release);
                 }
             }
             self.state.lock().unwrap_or_else(|e| e.into_inner()).pending = false;
@@ -201,7 +203,10 @@ impl RefreshTask {
         let mut res = self
             .client
             .get(url.clone())
-            .header(http::header::ACCEPT, "application/json, application/jwk-set+json")
+            .header(
+                http::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            )
             .send()
             .await
             .map_err(|e| e.to_string())?;

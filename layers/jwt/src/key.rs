@@ -110,7 +110,12 @@ impl VerificationKey {
 
     /// An RSA public key as PKCS#1 DER (`RSAPublicKey`) for `RS*` or `PS*`.
     pub fn rsa_der(der: impl AsRef<[u8]>, alg: Algorithm) -> Result<Self, KeyError> {
-        Self::new(Family::Rsa, alg, DecodingKey::from_rsa_der(der.as_ref()), "an RSA key")
+        Self::new(
+            Family::Rsa,
+            alg,
+            DecodingKey::from_rsa_der(der.as_ref()),
+            "an RSA key",
+        )
     }
 
     /// An EC public key in PEM (SubjectPublicKeyInfo) for `ES256` or `ES384`.
@@ -122,7 +127,12 @@ impl VerificationKey {
     /// An EC public key as an uncompressed SEC1 point for `ES256` or
     /// `ES384`.
     pub fn ec_der(der: impl AsRef<[u8]>, alg: Algorithm) -> Result<Self, KeyError> {
-        Self::new(Family::Ec, alg, DecodingKey::from_ec_der(der.as_ref()), "an EC key")
+        Self::new(
+            Family::Ec,
+            alg,
+            DecodingKey::from_ec_der(der.as_ref()),
+            "an EC key",
+        )
     }
 
     /// An Ed25519 public key in PEM (SubjectPublicKeyInfo) for `EdDSA`.

@@ -8,7 +8,6 @@ use crate::key::VerificationKey;
 
 pub(crate) struct KeySnapshot {
     pub(crate) keys: Vec<VerificationKey>,
-    pub(crate) generation: u64,
 }
 
 pub(crate) struct KeyStore {
@@ -26,7 +25,6 @@ impl KeyStore {
         KeyStore {
             current: RwLock::new(Arc::new(KeySnapshot {
                 keys: static_keys.clone(),
-                generation: 0,
             })),
             generation: AtomicU64::new(0),
             static_keys,
@@ -56,7 +54,7 @@ impl KeyStore {
         keys.extend(fetched);
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        *cur = Arc::new(KeySnapshot { keys, generation });
+        *cur = Arc::new(KeySnapshot { keys });
         self.generation.store(generation, Ordering::Release);
     }
 

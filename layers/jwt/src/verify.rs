@@ -130,7 +130,10 @@ impl Verifier {
             };
         };
         if values.next().is_some() {
-            return Err(Rejection::new(Reason::Malformed, "several Authorization headers"));
+            return Err(Rejection::new(
+                Reason::Malformed,
+                "several Authorization headers",
+            ));
         }
         let value = value.as_bytes();
         if value.len() > self.max_token_len {
@@ -236,7 +239,10 @@ impl Verifier {
             .find(|(a, _)| *a == alg)
             .expect("a validation for every algorithm")
             .1;
-        let mut result = Err(Rejection::new(Reason::BadSignature, "signature does not verify"));
+        let mut result = Err(Rejection::new(
+            Reason::BadSignature,
+            "signature does not verify",
+        ));
         let mut used = None;
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
@@ -299,7 +305,11 @@ impl Verifier {
         let leeway = self.leeway;
         let (exp, nbf) = (claims.0.expires_at, claims.0.not_before);
         // Queue-aware modes only for records.
-        let mode = if meta.is_some() { mode } else { ExpiryMode::Strict };
+        let mode = if meta.is_some() {
+            mode
+        } else {
+            ExpiryMode::Strict
+        };
         let strict = |grace: u64| -> Result<(), Rejection> {
             if let Some(exp) = exp {
                 if now > exp.saturating_add(leeway).saturating_add(grace) {
@@ -308,7 +318,10 @@ impl Verifier {
                         if grace == 0 {
                             format!("token expired {} s ago", now - exp)
                         } else {
-                            format!("token expired {} s ago, beyond the grace of {grace} s", now - exp)
+                            format!(
+                                "token expired {} s ago, beyond the grace of {grace} s",
+                                now - exp
+                            )
                         },
                     ));
                 }
@@ -337,7 +350,10 @@ impl Verifier {
                     if ts > exp.saturating_add(leeway) {
                         return Err(Rejection::new(
                             Reason::Expired,
-                            format!("token expired {} s before the record was produced", ts - exp),
+                            format!(
+                                "token expired {} s before the record was produced",
+                                ts - exp
+                            ),
                         ));
                     }
                 }
