@@ -106,6 +106,7 @@ pub(crate) async fn run_lane<S, ResBody>(
                     break;
                 };
                 let record = waiting.remove(idx).expect("index from first_ready");
+                shared.stats.sub_buffered(1);
                 busy.insert(order_key(shared.ordering, &record));
                 running.push(serve_record(shared.clone(), service.clone(), record, uri.clone(), cancel.clone(), permit));
             }
@@ -139,6 +140,7 @@ pub(crate) async fn run_lane<S, ResBody>(
                 let Ok(permit) = permit else { break };
                 if let Some(idx) = first_ready(&waiting, &busy, shared.ordering) {
                     let record = waiting.remove(idx).expect("index from first_ready");
+                    shared.stats.sub_buffered(1);
                     busy.insert(order_key(shared.ordering, &record));
                     running.push(serve_record(shared.clone(), service.clone(), record, uri.clone(), cancel.clone(), permit));
                 }
@@ -172,7 +174,6 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let stats = &shared.stats;
-    stats.sub_buffered(1);
     stats.in_flight.fetch_add(1, Relaxed);
     let key = order_key(shared.ordering, &record);
     let offset = record.offset;
