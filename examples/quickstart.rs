@@ -34,10 +34,14 @@ async fn main() -> Result<(), BoxError> {
     let bootstrap = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         Ok(servers) => {
             topic = format!("quickstart-{}", std::process::id());
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &servers).create()?;
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &servers)
+                .create()?;
             admin
-                .create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &AdminOptions::new())
+                .create_topics(
+                    &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+                    &AdminOptions::new(),
+                )
                 .await?;
             println!("using the broker at {servers}, topic {topic}");
             servers
@@ -46,13 +50,17 @@ async fn main() -> Result<(), BoxError> {
             topic = "orders".to_owned();
             mock = MockCluster::new(1)?;
             mock.create_topic(&topic, 3, 1)?;
-            println!("KAFKA_BOOTSTRAP_SERVERS is unset: using librdkafka's in-process mock cluster");
+            println!(
+                "KAFKA_BOOTSTRAP_SERVERS is unset: using librdkafka's in-process mock cluster"
+            );
             mock.bootstrap_servers()
         }
     };
 
     // 2. Produce a few records with headers.
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
     for i in 0..RECORDS {
         let headers: RawHeaders = [
             RawHeader::new(&b"X-Correlation-Id"[..], format!("corr-{i}")),
@@ -64,7 +72,10 @@ async fn main() -> Result<(), BoxError> {
         let payload = format!("{{\"order\":{i},\"total\":{}}}", 10 * (i + 1));
         producer
             .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload).headers(rdkafka_headers(&headers)),
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(rdkafka_headers(&headers)),
                 Duration::from_secs(10),
             )
             .await
@@ -82,10 +93,24 @@ async fn main() -> Result<(), BoxError> {
             let served = served.clone();
             let all_served = all_served.clone();
             async move {
-                let meta = req.extensions().get::<RecordMeta>().expect("set by the runtime");
-                let key = meta.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                let correlation = req.headers().get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                let body = req.body().payload().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                let meta = req
+                    .extensions()
+                    .get::<RecordMeta>()
+                    .expect("set by the runtime");
+                let key = meta
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                let correlation = req
+                    .headers()
+                    .get("x-correlation-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                let body = req
+                    .body()
+                    .payload()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
                 println!(
                     "served {} {} partition={} offset={} key={key} x-correlation-id={correlation} body={body}",
                     req.method(),
@@ -96,7 +121,12 @@ async fn main() -> Result<(), BoxError> {
                 if served.fetch_add(1, Ordering::SeqCst) + 1 == RECORDS {
                     all_served.notify_one();
                 }
-                Ok::<_, Infallible>(Response::builder().status(StatusCode::OK).body(String::new()).unwrap())
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .body(String::new())
+                        .unwrap(),
+                )
             }
         })
     };
@@ -118,6 +148,9 @@ async fn main() -> Result<(), BoxError> {
     tokio::time::timeout(Duration::from_secs(60), consumer.serve(service, shutdown))
         .await
         .map_err(|_| "timed out waiting for the records to be served")??;
-    println!("served {} records; offsets committed; bye", served.load(Ordering::SeqCst));
+    println!(
+        "served {} records; offsets committed; bye",
+        served.load(Ordering::SeqCst)
+    );
     Ok(())
 }

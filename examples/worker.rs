@@ -23,21 +23,44 @@ use tower::service_fn;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let path = std::env::args().nth(1).ok_or("usage: worker <consumer.yml|consumer.toml>")?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: worker <consumer.yml|consumer.toml>")?;
     let config = ConsumerConfig::from_file(&path)?;
-    let delay = Duration::from_millis(std::env::var("WORKER_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    let delay = Duration::from_millis(
+        std::env::var("WORKER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
 
     let service = service_fn(move |req: Request<RecordBody>| async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let meta = req.extensions().get::<RecordMeta>().expect("set by the runtime");
-        let payload = req.body().payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        let meta = req
+            .extensions()
+            .get::<RecordMeta>()
+            .expect("set by the runtime");
+        let payload = req
+            .body()
+            .payload()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
         let mut out = std::io::stdout().lock();
-        writeln!(out, "served {} {} {} {payload}", meta.topic(), meta.partition(), meta.offset()).expect("stdout");
+        writeln!(
+            out,
+            "served {} {} {} {payload}",
+            meta.topic(),
+            meta.partition(),
+            meta.offset()
+        )
+        .expect("stdout");
         out.flush().expect("stdout");
         Ok::<_, Infallible>(Response::new(String::new()))
     });
@@ -50,7 +73,9 @@ async fn main() -> Result<(), BoxError> {
         }
         eprintln!("worker: shutting down");
     };
-    Consumer::from_config(config)?.serve(service, shutdown).await?;
+    Consumer::from_config(config)?
+        .serve(service, shutdown)
+        .await?;
     eprintln!("worker: stopped cleanly");
     Ok(())
 }

@@ -67,11 +67,14 @@ pub mod runtime;
 
 pub use body::RecordBody;
 pub use mapping::{ConsumedRecord, MappingError, OutgoingRecord};
-pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
 pub use offsets::OffsetTracker;
+pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
 pub use refusal::Refusal;
 #[cfg(feature = "runtime")]
-pub use runtime::{Consumer, ConsumerBuilder, ConsumerConfig, ConsumerError, DeadLetterPolicy, Ordering, RetryPolicy};
+pub use runtime::{
+    Consumer, ConsumerBuilder, ConsumerConfig, ConsumerError, DeadLetterPolicy, Ordering,
+    RetryPolicy,
+};
 
 /// The boxed error type used where a service's own error is erased.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -13,7 +13,7 @@
 //! valid header value (no CR, LF, NUL or other control bytes). Every header,
 //! representable or not, is in [`RawHeaders`].
 //!
-//! The reverse mapping ([`OutgoingRecord::from_request`]) takes the topic
+//! The reverse mapping ([`OutgoingRecord::from_parts`]) takes the topic
 //! from the path, the key and partition from [`RecordMeta`] or
 //! [`OutgoingRecord`] extensions, and the headers from [`RawHeaders`] when
 //! present, then appends each `HeaderMap` entry whose name is not already in
@@ -74,7 +74,11 @@ pub struct ConsumedRecord {
 
 impl ConsumedRecord {
     /// Starts a record of `topic` at `partition` / `offset`.
-    pub fn builder(topic: impl Into<Arc<str>>, partition: i32, offset: i64) -> ConsumedRecordBuilder {
+    pub fn builder(
+        topic: impl Into<Arc<str>>,
+        partition: i32,
+        offset: i64,
+    ) -> ConsumedRecordBuilder {
         ConsumedRecordBuilder {
             record: ConsumedRecord {
                 topic: topic.into(),
@@ -192,6 +196,11 @@ impl ConsumedRecordBuilder {
 /// so the mapping needs no escaping. A name outside that set (which Kafka
 /// would refuse anyway) yields the path `/` rather than a panic.
 pub fn topic_uri(topic: &str) -> Uri {
+    // Checked first: `/a/b`, `/t?x` or `/t#x` would parse, as another path
+    // (`t?x` would even come back as topic `t`).
+    if !is_valid_topic_name(topic) {
+        return Uri::from_static("/");
+    }
     let mut s = String::with_capacity(topic.len() + 1);
     s.push('/');
     s.push_str(topic);
@@ -269,7 +278,10 @@ impl OutgoingRecord {
     /// partitioner choose). Headers come from [`RawHeaders`] when present,
     /// followed by the `HeaderMap` entries whose names the raw headers lack.
     /// A `DELETE` with an empty body is a tombstone.
-    pub fn from_parts(parts: http::request::Parts, payload: Option<Bytes>) -> Result<Self, MappingError> {
+    pub fn from_parts(
+        parts: http::request::Parts,
+        payload: Option<Bytes>,
+    ) -> Result<Self, MappingError> {
         let topic = topic_from_path(parts.uri.path())
             .ok_or_else(|| MappingError::InvalidTopic(parts.uri.path().to_owned()))?
             .to_owned();
@@ -294,7 +306,8 @@ impl OutgoingRecord {
         let raw = parts.extensions.get::<RawHeaders>();
         let mut headers = raw.cloned().unwrap_or_default();
         for (name, value) in parts.headers.iter() {
-            let present = raw.is_some_and(|r| r.contains_name_ignore_case(name.as_str().as_bytes()));
+            let present =
+                raw.is_some_and(|r| r.contains_name_ignore_case(name.as_str().as_bytes()));
             if !present {
                 headers.push(RawHeader::new(
                     Bytes::copy_from_slice(name.as_str().as_bytes()),

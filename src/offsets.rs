@@ -51,7 +51,11 @@ impl OffsetTracker {
     /// runtime starts a fresh tracker whenever a partition is (re)assigned.
     pub fn dispatched(&mut self, offset: i64) {
         if let Some(next) = self.next {
-            assert!(offset >= next, "offset {offset} dispatched after {}", next - 1);
+            assert!(
+                offset >= next,
+                "offset {offset} dispatched after {}",
+                next - 1
+            );
         }
         self.window.push_back((offset, false));
         self.next = Some(offset + 1);

@@ -18,11 +18,18 @@ async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {
     let group = unique("g");
     create_topic_with_dlq(&topic, 4).await;
     let n = 1000;
-    produce(&topic, (0..n).map(|i| Rec::payload(i.to_string()).key(format!("k{}", i % 37)))).await;
+    produce(
+        &topic,
+        (0..n).map(|i| Rec::payload(i.to_string()).key(format!("k{}", i % 37))),
+    )
+    .await;
 
     let rec = Recorder::default();
     let running = spawn(
-        consumer(&group, &[&topic]).max_in_flight(8).build().unwrap(),
+        consumer(&group, &[&topic])
+            .max_in_flight(8)
+            .build()
+            .unwrap(),
         recording_service(rec.clone(), |_| StatusCode::OK),
     );
     rec.wait_count(n).await;
@@ -46,9 +53,14 @@ async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {
         recording_service(rec2.clone(), |_| StatusCode::OK),
     );
     produce(&topic, [Rec::payload("sentinel").partition(2)]).await;
-    rec2.wait_until("the sentinel", |s| s.iter().any(|x| x.text() == "sentinel")).await;
+    rec2.wait_until("the sentinel", |s| s.iter().any(|x| x.text() == "sentinel"))
+        .await;
     running.stop().await;
-    assert_eq!(rec2.texts(), vec!["sentinel".to_owned()], "nothing served twice after a graceful restart");
+    assert_eq!(
+        rec2.texts(),
+        vec!["sentinel".to_owned()],
+        "nothing served twice after a graceful restart"
+    );
 }
 
 /// A service that sleeps a little (varying) per record and tracks the
@@ -57,8 +69,12 @@ fn jittery(
     rec: Recorder,
     current: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
-) -> impl tower::Service<Request<RecordBody>, Response = Response<String>, Error = BoxError, Future = impl std::future::Future<Output = Result<Response<String>, BoxError>> + Send>
-       + Clone
+) -> impl tower::Service<
+    Request<RecordBody>,
+    Response = Response<String>,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Response<String>, BoxError>> + Send,
+> + Clone
        + Send
        + 'static {
     tower::service_fn(move |req: Request<RecordBody>| {
@@ -82,12 +98,21 @@ async fn order_per_partition_holds_with_in_flight_16_over_8_partitions() {
     let topic = unique("order-partition");
     create_topic_with_dlq(&topic, 8).await;
     let per = 150;
-    produce(&topic, (0..per).flat_map(|seq| (0..8).map(move |p| Rec::payload(format!("{p}:{seq}")).partition(p)))).await;
+    produce(
+        &topic,
+        (0..per)
+            .flat_map(|seq| (0..8).map(move |p| Rec::payload(format!("{p}:{seq}")).partition(p))),
+    )
+    .await;
 
     let rec = Recorder::default();
     let (current, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let running = spawn(
-        consumer(&unique("g"), &[&topic]).max_in_flight(16).ordering(Ordering::Partition).build().unwrap(),
+        consumer(&unique("g"), &[&topic])
+            .max_in_flight(16)
+            .ordering(Ordering::Partition)
+            .build()
+            .unwrap(),
         jittery(rec.clone(), current, peak.clone()),
     );
     rec.wait_count(8 * per).await;
@@ -95,17 +120,31 @@ async fn order_per_partition_holds_with_in_flight_16_over_8_partitions() {
 
     let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
     for s in rec.all() {
-        let (p, seq) = s.text().split_once(':').map(|(p, q)| (p.parse::<i32>().unwrap(), q.parse().unwrap())).unwrap();
+        let (p, seq) = s
+            .text()
+            .split_once(':')
+            .map(|(p, q)| (p.parse::<i32>().unwrap(), q.parse().unwrap()))
+            .unwrap();
         assert_eq!(p, s.partition);
         by_partition.entry(p).or_default().push(seq);
     }
     assert_eq!(by_partition.len(), 8);
     for (p, seqs) in by_partition {
-        assert_eq!(seqs, (0..per).collect::<Vec<_>>(), "partition {p} served in order, once each");
+        assert_eq!(
+            seqs,
+            (0..per).collect::<Vec<_>>(),
+            "partition {p} served in order, once each"
+        );
     }
     let peak = peak.load(AtomicOrdering::SeqCst);
-    assert!(peak > 1, "partitions ran in parallel (peak concurrency {peak})");
-    assert!(peak <= 8, "at most one record per partition at a time (peak {peak})");
+    assert!(
+        peak > 1,
+        "partitions ran in parallel (peak concurrency {peak})"
+    );
+    assert!(
+        peak <= 8,
+        "at most one record per partition at a time (peak {peak})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,12 +153,22 @@ async fn order_per_key_holds_with_many_keys_on_one_partition() {
     create_topic_with_dlq(&topic, 1).await;
     let keys = 40;
     let per = 25;
-    produce(&topic, (0..per).flat_map(|seq| (0..keys).map(move |k| Rec::payload(format!("{k}:{seq}")).key(format!("key-{k}"))))).await;
+    produce(
+        &topic,
+        (0..per).flat_map(|seq| {
+            (0..keys).map(move |k| Rec::payload(format!("{k}:{seq}")).key(format!("key-{k}")))
+        }),
+    )
+    .await;
 
     let rec = Recorder::default();
     let (current, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let running = spawn(
-        consumer(&unique("g"), &[&topic]).max_in_flight(16).ordering(Ordering::Key).build().unwrap(),
+        consumer(&unique("g"), &[&topic])
+            .max_in_flight(16)
+            .ordering(Ordering::Key)
+            .build()
+            .unwrap(),
         jittery(rec.clone(), current, peak.clone()),
     );
     rec.wait_count(keys * per).await;
@@ -127,16 +176,27 @@ async fn order_per_key_holds_with_many_keys_on_one_partition() {
 
     let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
     for s in rec.all() {
-        let (k, seq) = s.text().split_once(':').map(|(k, q)| (k.to_owned(), q.parse().unwrap())).unwrap();
+        let (k, seq) = s
+            .text()
+            .split_once(':')
+            .map(|(k, q)| (k.to_owned(), q.parse().unwrap()))
+            .unwrap();
         assert_eq!(s.key.as_deref(), Some(format!("key-{k}").as_bytes()));
         by_key.entry(k).or_default().push(seq);
     }
     assert_eq!(by_key.len(), keys);
     for (k, seqs) in by_key {
-        assert_eq!(seqs, (0..per).collect::<Vec<_>>(), "key {k} served in order, once each");
+        assert_eq!(
+            seqs,
+            (0..per).collect::<Vec<_>>(),
+            "key {k} served in order, once each"
+        );
     }
     let peak = peak.load(AtomicOrdering::SeqCst);
-    assert!(peak > 1, "different keys of one partition ran concurrently (peak {peak})");
+    assert!(
+        peak > 1,
+        "different keys of one partition ran concurrently (peak {peak})"
+    );
     assert!(peak <= 16, "in-flight limit respected (peak {peak})");
 }
 
@@ -158,23 +218,44 @@ async fn a_service_failing_twice_then_succeeding_is_retried_and_committed() {
             }
         }),
     );
-    rec.wait_until("`after` served", |s| s.iter().any(|x| x.text() == "after")).await;
+    rec.wait_until("`after` served", |s| s.iter().any(|x| x.text() == "after"))
+        .await;
     let stats = running.stats.clone();
     running.stop().await;
 
-    let attempts: Vec<u32> = rec.all().iter().filter(|s| s.text() == "flaky").map(|s| s.attempt).collect();
-    assert_eq!(attempts, vec![1, 2, 3], "retried with increasing attempt numbers");
+    let attempts: Vec<u32> = rec
+        .all()
+        .iter()
+        .filter(|s| s.text() == "flaky")
+        .map(|s| s.attempt)
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "retried with increasing attempt numbers"
+    );
     let order: Vec<String> = rec.texts();
-    assert_eq!(order.last().map(String::as_str), Some("after"), "the next record waited for the retries");
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("after"),
+        "the next record waited for the retries"
+    );
     assert_eq!(stats.retries(), 2);
     assert_eq!(stats.dead_lettered(), 0);
-    assert_eq!(committed(&group, &topic, 1), vec![2], "both records committed");
+    assert_eq!(
+        committed(&group, &topic, 1),
+        vec![2],
+        "both records committed"
+    );
 }
 
 fn odd_headers() -> RawHeaders {
     let mut h = RawHeaders::new();
     h.push(RawHeader::new(&b"X-Correlation-Id"[..], &b"corr-1"[..]));
-    h.push(RawHeader::new(&b"\xff\xfe-bin-key"[..], &b"\x00\x01\x80\xff"[..]));
+    h.push(RawHeader::new(
+        &b"\xff\xfe-bin-key"[..],
+        &b"\x00\x01\x80\xff"[..],
+    ));
     h.push(RawHeader::null(&b"null-value"[..]));
     h.push(RawHeader::new(&b"dup"[..], &b"one"[..]));
     h.push(RawHeader::new(&b"DUP"[..], &b"two"[..]));
@@ -193,7 +274,9 @@ async fn a_permanent_failure_is_dead_lettered_byte_exact_with_provenance() {
         &topic,
         [
             Rec::payload("ok-1"),
-            Rec::payload(poison_payload.clone()).key(poison_key.clone()).headers(odd_headers()),
+            Rec::payload(poison_payload.clone())
+                .key(poison_key.clone())
+                .headers(odd_headers()),
             Rec::payload("ok-2"),
         ],
     )
@@ -210,41 +293,109 @@ async fn a_permanent_failure_is_dead_lettered_byte_exact_with_provenance() {
                     return Ok::<_, BoxError>(res);
                 }
                 *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                res.extensions_mut().insert(Refusal::new("validator", "not_json", "payload is not JSON"));
+                res.extensions_mut().insert(Refusal::new(
+                    "validator",
+                    "not_json",
+                    "payload is not JSON",
+                ));
                 Ok(res)
             }
         }
     });
-    let running = spawn(consumer(&group, &[&topic]).service_id("billing").build().unwrap(), refusing);
+    let running = spawn(
+        consumer(&group, &[&topic])
+            .service_id("billing")
+            .build()
+            .unwrap(),
+        refusing,
+    );
     let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
-    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2")).await;
+    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
+        .await;
     let stats = running.stats.clone();
     running.stop().await;
 
-    assert_eq!(rec.all().iter().filter(|s| !s.text().starts_with("ok")).count(), 1, "a 4xx is not retried");
+    assert_eq!(
+        rec.all()
+            .iter()
+            .filter(|s| !s.text().starts_with("ok"))
+            .count(),
+        1,
+        "a 4xx is not retried"
+    );
     assert_eq!(stats.dead_lettered(), 1);
     let d = &dlq[0];
     assert_eq!(d.key.as_ref(), Some(&poison_key), "original key");
-    assert_eq!(d.payload.as_ref(), Some(&poison_payload), "original payload");
+    assert_eq!(
+        d.payload.as_ref(),
+        Some(&poison_payload),
+        "original payload"
+    );
     let original = odd_headers();
     let got: Vec<_> = header_pairs(&d.headers);
-    assert_eq!(&got[..original.len()], &header_pairs(&original)[..], "original headers first, byte for byte, in order");
+    assert_eq!(
+        &got[..original.len()],
+        &header_pairs(&original)[..],
+        "original headers first, byte for byte, in order"
+    );
     let h = &d.headers;
-    assert_eq!(header_text(h, "kt-dlq-original-topic").as_deref(), Some(topic.as_str()));
-    assert_eq!(header_text(h, "kt-dlq-original-partition").as_deref(), Some("0"));
-    assert_eq!(header_text(h, "kt-dlq-original-offset"), Some(produced[1].1.to_string()));
-    assert!(header_text(h, "kt-dlq-original-timestamp").unwrap().parse::<i64>().unwrap() > 0);
-    assert_eq!(header_text(h, "kt-dlq-original-timestamp-type").as_deref(), Some("CreateTime"));
-    assert_eq!(header_text(h, "kt-dlq-consumer-group").as_deref(), Some(group.as_str()));
+    assert_eq!(
+        header_text(h, "kt-dlq-original-topic").as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-original-partition").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-original-offset"),
+        Some(produced[1].1.to_string())
+    );
+    assert!(
+        header_text(h, "kt-dlq-original-timestamp")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-original-timestamp-type").as_deref(),
+        Some("CreateTime")
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-consumer-group").as_deref(),
+        Some(group.as_str())
+    );
     assert_eq!(header_text(h, "kt-dlq-attempts").as_deref(), Some("1"));
-    assert_eq!(header_text(h, "kt-dlq-error-class").as_deref(), Some("permanent"));
+    assert_eq!(
+        header_text(h, "kt-dlq-error-class").as_deref(),
+        Some("permanent")
+    );
     assert_eq!(header_text(h, "kt-dlq-status").as_deref(), Some("422"));
-    assert_eq!(header_text(h, "kt-dlq-failed-by").as_deref(), Some("validator"));
+    assert_eq!(
+        header_text(h, "kt-dlq-failed-by").as_deref(),
+        Some("validator")
+    );
     assert_eq!(header_text(h, "kt-dlq-reason").as_deref(), Some("not_json"));
-    assert!(header_text(h, "kt-dlq-error-message").unwrap().contains("payload is not JSON"));
-    assert_eq!(header_text(h, "kt-dlq-service-id").as_deref(), Some("billing"));
-    assert!(header_text(h, "kt-dlq-time").unwrap().parse::<i64>().unwrap() > 0);
-    assert_eq!(committed(&group, &topic, 1), vec![3], "the consumer moved on and committed past the poison record");
+    assert!(header_text(h, "kt-dlq-error-message")
+        .unwrap()
+        .contains("payload is not JSON"));
+    assert_eq!(
+        header_text(h, "kt-dlq-service-id").as_deref(),
+        Some("billing")
+    );
+    assert!(
+        header_text(h, "kt-dlq-time")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        committed(&group, &topic, 1),
+        vec![3],
+        "the consumer moved on and committed past the poison record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,15 +420,26 @@ async fn a_panicking_service_is_retried_then_dead_lettered_and_the_consumer_keep
     });
     let running = spawn(consumer(&group, &[&topic]).build().unwrap(), panicking);
     let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
-    rec.wait_until("`after` served", |s| s.iter().any(|x| x.text() == "after")).await;
+    rec.wait_until("`after` served", |s| s.iter().any(|x| x.text() == "after"))
+        .await;
     running.stop().await;
 
-    let attempts: Vec<u32> = rec.all().iter().filter(|s| s.text() == "boom").map(|s| s.attempt).collect();
+    let attempts: Vec<u32> = rec
+        .all()
+        .iter()
+        .filter(|s| s.text() == "boom")
+        .map(|s| s.attempt)
+        .collect();
     assert_eq!(attempts, vec![1, 2, 3], "a panic is retryable");
     let h = &dlq[0].headers;
-    assert_eq!(header_text(h, "kt-dlq-error-class").as_deref(), Some("panic"));
+    assert_eq!(
+        header_text(h, "kt-dlq-error-class").as_deref(),
+        Some("panic")
+    );
     assert_eq!(header_text(h, "kt-dlq-attempts").as_deref(), Some("3"));
-    assert!(header_text(h, "kt-dlq-error-message").unwrap().contains("boom at attempt 3"));
+    assert!(header_text(h, "kt-dlq-error-message")
+        .unwrap()
+        .contains("boom at attempt 3"));
     assert_eq!(committed(&group, &topic, 1), vec![2]);
 }
 
@@ -293,7 +455,11 @@ async fn odd_inputs_are_served_byte_exact() {
     let records = vec![
         Rec::payload("binary-headers").headers(odd_headers()),
         Rec::payload(Bytes::new()),
-        Rec { payload: None, key: Some(Bytes::from_static(b"deleted-key")), ..Default::default() },
+        Rec {
+            payload: None,
+            key: Some(Bytes::from_static(b"deleted-key")),
+            ..Default::default()
+        },
         Rec::payload(big.clone()),
         Rec::payload("hundred-headers").headers(hundred.clone()),
     ];
@@ -311,11 +477,31 @@ async fn odd_inputs_are_served_byte_exact() {
 
     let seen = rec.all();
     assert_eq!(seen.len(), 5);
-    assert_eq!(header_pairs(&seen[0].headers), header_pairs(&odd_headers()), "non-UTF-8 and null headers kept");
-    assert_eq!(seen[0].header_map.get("x-correlation-id").unwrap(), "corr-1", "HeaderMap keys lower-cased");
-    let dups: Vec<_> = seen[0].header_map.get_all("dup").iter().map(|v| v.as_bytes().to_vec()).collect();
-    assert_eq!(dups, vec![b"one".to_vec(), b"two".to_vec()], "duplicate keys kept in order");
-    assert!(!seen[0].header_map.contains_key("null-value"), "a null value has no HeaderMap entry");
+    assert_eq!(
+        header_pairs(&seen[0].headers),
+        header_pairs(&odd_headers()),
+        "non-UTF-8 and null headers kept"
+    );
+    assert_eq!(
+        seen[0].header_map.get("x-correlation-id").unwrap(),
+        "corr-1",
+        "HeaderMap keys lower-cased"
+    );
+    let dups: Vec<_> = seen[0]
+        .header_map
+        .get_all("dup")
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        dups,
+        vec![b"one".to_vec(), b"two".to_vec()],
+        "duplicate keys kept in order"
+    );
+    assert!(
+        !seen[0].header_map.contains_key("null-value"),
+        "a null value has no HeaderMap entry"
+    );
     assert_eq!(seen[1].payload.as_deref(), Some(&b""[..]));
     assert!(!seen[1].tombstone);
     assert_eq!(seen[1].method, http::Method::POST);
@@ -337,18 +523,29 @@ struct NotReadyUntil<S> {
 
 impl<S: Clone> Clone for NotReadyUntil<S> {
     fn clone(&self) -> Self {
-        NotReadyUntil { until: self.until, inner: self.inner.clone(), sleep: None }
+        NotReadyUntil {
+            until: self.until,
+            inner: self.inner.clone(),
+            sleep: None,
+        }
     }
 }
 
-impl<S: tower::Service<Request<RecordBody>>> tower::Service<Request<RecordBody>> for NotReadyUntil<S> {
+impl<S: tower::Service<Request<RecordBody>>> tower::Service<Request<RecordBody>>
+    for NotReadyUntil<S>
+{
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
         if tokio::time::Instant::now() < self.until {
             let until = self.until;
-            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return std::task::Poll::Pending;
             }
@@ -367,7 +564,11 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
     let topic = unique("backpressure");
     create_topic_with_dlq(&topic, 2).await;
     let n = 4000;
-    produce(&topic, (0..n).map(|i| Rec::payload(i.to_string()).partition(i % 2))).await;
+    produce(
+        &topic,
+        (0..n).map(|i| Rec::payload(i.to_string()).partition(i % 2)),
+    )
+    .await;
 
     let rec = Recorder::default();
     let buffer = 50;
@@ -377,7 +578,10 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
         sleep: None,
     };
     let running = spawn(
-        consumer(&unique("g"), &[&topic]).buffer_per_partition(buffer).build().unwrap(),
+        consumer(&unique("g"), &[&topic])
+            .buffer_per_partition(buffer)
+            .build()
+            .unwrap(),
         service,
     );
     rec.wait_count(n as usize).await;
@@ -387,8 +591,20 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
     // Partition mode: per partition, the lane buffer, one look-ahead record
     // and at most one stashed record.
     let bound = 2 * (buffer + 1 + 1);
-    assert!(stats.peak_buffered() <= bound, "peak buffered {} exceeds the bound {bound}", stats.peak_buffered());
-    assert!(stats.pauses() >= 2, "both partitions were paused (pauses: {})", stats.pauses());
-    assert_eq!(rec.all().len(), n as usize, "every record served once after the service became ready");
+    assert!(
+        stats.peak_buffered() <= bound,
+        "peak buffered {} exceeds the bound {bound}",
+        stats.peak_buffered()
+    );
+    assert!(
+        stats.pauses() >= 2,
+        "both partitions were paused (pauses: {})",
+        stats.pauses()
+    );
+    assert_eq!(
+        rec.all().len(),
+        n as usize,
+        "every record served once after the service became ready"
+    );
     assert_eq!(stats.buffered(), 0);
 }

@@ -58,7 +58,11 @@ impl Worker {
         let deadline = Instant::now() + WAIT;
         while !done(into) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out: the worker served {} records", into.len());
+            assert!(
+                !left.is_zero(),
+                "timed out: the worker served {} records",
+                into.len()
+            );
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     let payload = line.rsplit(' ').next().unwrap().to_owned();
@@ -130,7 +134,10 @@ async fn a_consumer_killed_with_sigkill_mid_stream_loses_nothing_after_restart()
     );
     // Duplicates come only from the uncommitted window; they cannot exceed
     // what the first worker had served.
-    assert!(duplicates <= first_total, "duplicates ({duplicates}) can only be records the killed worker served ({first_total})");
+    assert!(
+        duplicates <= first_total,
+        "duplicates ({duplicates}) can only be records the killed worker served ({first_total})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,9 +163,15 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     };
     let a_rec = Recorder::default();
     let b_rec = Recorder::default();
-    let a = spawn(consumer(&group, &[&topic]).build().unwrap(), slow(a_rec.clone()));
+    let a = spawn(
+        consumer(&group, &[&topic]).build().unwrap(),
+        slow(a_rec.clone()),
+    );
     a_rec.wait_count(300).await;
-    let b = spawn(consumer(&group, &[&topic]).build().unwrap(), slow(b_rec.clone()));
+    let b = spawn(
+        consumer(&group, &[&topic]).build().unwrap(),
+        slow(b_rec.clone()),
+    );
     let want: HashSet<String> = (0..n).map(|i| i.to_string()).collect();
     all.wait_until("every id served by one of the two consumers", |s| {
         let got: HashSet<String> = s.iter().map(|x| x.text()).collect();
@@ -168,8 +181,14 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     a.stop().await;
     b.stop().await;
     let (a_n, b_n) = (a_rec.all().len(), b_rec.all().len());
-    assert!(b_n > 0, "the second consumer got partitions and served records");
+    assert!(
+        b_n > 0,
+        "the second consumer got partitions and served records"
+    );
     let total = a_n + b_n;
-    eprintln!("rebalance test: first consumer {a_n}, second {b_n}, duplicates {}", total - n);
+    eprintln!(
+        "rebalance test: first consumer {a_n}, second {b_n}, duplicates {}",
+        total - n
+    );
     assert!(total >= n);
 }

@@ -40,7 +40,8 @@
 //! let config = ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).unwrap();
 //! assert_eq!(config.retry.max_attempts, 7);
 //!
-//! let err = ConsumerConfig::from_yaml_str("group_id: g\ntopics: [t]\nmax_inflight: 3\n", "consumer.yml", []).unwrap_err();
+//! let no_env: [(&str, &str); 0] = [];
+//! let err = ConsumerConfig::from_yaml_str("group_id: g\ntopics: [t]\nmax_inflight: 3\n", "consumer.yml", no_env).unwrap_err();
 //! assert!(err.to_string().contains("max_inflight"));
 //! assert!(err.to_string().contains("consumer.yml"));
 //! ```
@@ -122,7 +123,9 @@ impl RetryPolicy {
     /// The delay after attempt `attempt` (1-based) failed, before jitter:
     /// `initial_backoff * multiplier^(attempt-1)`, capped at `max_backoff`.
     pub fn base_delay(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = self.initial_backoff.as_secs_f64() * exp;
         if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
             self.max_backoff
@@ -211,9 +214,16 @@ impl<'de> Deserialize<'de> for PropertyValue {
             Value::String(s) => Ok(PropertyValue(s)),
             Value::Number(n) => Ok(PropertyValue(n.to_string())),
             Value::Bool(b) => Ok(PropertyValue(b.to_string())),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a string, number or boolean, found {other}"
-            ))),
+            // The value itself is not echoed: it may be a secret.
+            Value::Null => Err(serde::de::Error::custom(
+                "expected a string, number or boolean, found null",
+            )),
+            Value::Array(_) => Err(serde::de::Error::custom(
+                "expected a string, number or boolean, found a list",
+            )),
+            Value::Object(_) => Err(serde::de::Error::custom(
+                "expected a string, number or boolean, found a map (in TOML, quote a property name with dots)",
+            )),
         }
     }
 }
@@ -296,7 +306,10 @@ fn default_drain_timeout() -> Duration {
 
 impl ConsumerConfig {
     /// A configuration with defaults for `group_id` and `topics`.
-    pub fn new(group_id: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         ConsumerConfig {
             group_id: group_id.into(),
             topics: topics.into_iter().map(Into::into).collect(),
@@ -368,8 +381,18 @@ impl ConsumerConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let value: Value = toml::from_str(text)
-            .map_err(|e| ConfigError::new(origin, None, format!("invalid TOML: {e}")))?;
+        // Not `{e}`: toml's Display quotes the offending line, which may
+        // hold a secret.
+        let value: Value = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            let message = e.message().trim_end().replace('\n', "; ");
+            ConfigError::new(origin, None, format!("invalid TOML{at}: {message}"))
+        })?;
         Self::from_value(value, origin, env)
     }
 
@@ -391,9 +414,8 @@ impl ConsumerConfig {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            apply_env(&mut value, rest, v.as_ref()).map_err(|msg| {
-                ConfigError::new(&format!("environment variable {k}"), None, msg)
-            })?;
+            apply_env(&mut value, rest, v.as_ref())
+                .map_err(|msg| ConfigError::new(&format!("environment variable {k}"), None, msg))?;
             env_origin.get_or_insert_with(|| format!("{origin} (with {ENV_PREFIX}* overrides)"));
         }
         let origin = env_origin.as_deref().unwrap_or(origin);
@@ -421,7 +443,10 @@ impl ConsumerConfig {
             return err("topics", "must name at least one topic".into());
         }
         if let Some(t) = self.topics.iter().find(|t| !is_valid_topic_name(t)) {
-            return err("topics", format!("{t:?} is not a legal topic name (1-249 characters of [a-zA-Z0-9._-])"));
+            return err(
+                "topics",
+                format!("{t:?} is not a legal topic name (1-249 characters of [a-zA-Z0-9._-])"),
+            );
         }
         if self.max_in_flight == 0 {
             return err("max_in_flight", "must be at least 1".into());
@@ -433,25 +458,47 @@ impl ConsumerConfig {
             return err("commit_interval", "must be greater than zero".into());
         }
         if self.retry.max_attempts == 0 {
-            return err("retry.max_attempts", "must be at least 1 (1 = no retries)".into());
+            return err(
+                "retry.max_attempts",
+                "must be at least 1 (1 = no retries)".into(),
+            );
         }
         if !(self.retry.multiplier.is_finite() && self.retry.multiplier >= 1.0) {
-            return err("retry.multiplier", format!("must be a number ≥ 1, got {}", self.retry.multiplier));
+            return err(
+                "retry.multiplier",
+                format!("must be a number ≥ 1, got {}", self.retry.multiplier),
+            );
         }
         if self.retry.initial_backoff > self.retry.max_backoff {
-            return err("retry.initial_backoff", "must not exceed retry.max_backoff".into());
+            return err(
+                "retry.initial_backoff",
+                "must not exceed retry.max_backoff".into(),
+            );
         }
         if self.dead_letter.enabled {
             match &self.dead_letter.topic {
                 Some(t) if !is_valid_topic_name(t) => {
-                    return err("dead_letter.topic", format!("{t:?} is not a legal topic name"));
+                    return err(
+                        "dead_letter.topic",
+                        format!("{t:?} is not a legal topic name"),
+                    );
                 }
                 None if self.dead_letter.suffix.is_empty() => {
-                    return err("dead_letter.suffix", "must not be empty (the DLQ would be the source topic)".into());
+                    return err(
+                        "dead_letter.suffix",
+                        "must not be empty (the DLQ would be the source topic)".into(),
+                    );
                 }
                 None => {
-                    if let Some(t) = self.topics.iter().find(|t| !is_valid_topic_name(&format!("{t}{}", self.dead_letter.suffix))) {
-                        return err("dead_letter.suffix", format!("{t}{} is not a legal topic name", self.dead_letter.suffix));
+                    if let Some(t) = self
+                        .topics
+                        .iter()
+                        .find(|t| !is_valid_topic_name(&format!("{t}{}", self.dead_letter.suffix)))
+                    {
+                        return err(
+                            "dead_letter.suffix",
+                            format!("{t}{} is not a legal topic name", self.dead_letter.suffix),
+                        );
                     }
                 }
                 _ => {}
@@ -475,11 +522,15 @@ impl ConsumerConfig {
 fn apply_env(root: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
     let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
     let (first, tail) = segments.split_first().ok_or("empty name")?;
-    let obj = root.as_object_mut().ok_or("the configuration root is not a map")?;
+    let obj = root
+        .as_object_mut()
+        .ok_or("the configuration root is not a map")?;
     match first.as_str() {
         "properties" if !tail.is_empty() => {
             let prop = tail.join("_").replace('_', ".");
-            let props = obj.entry("properties").or_insert_with(|| Value::Object(Default::default()));
+            let props = obj
+                .entry("properties")
+                .or_insert_with(|| Value::Object(Default::default()));
             props
                 .as_object_mut()
                 .ok_or("`properties` is not a map")?
@@ -495,13 +546,20 @@ fn apply_env(root: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
             obj.insert("topics".into(), Value::Array(topics));
         }
         "retry" | "dead_letter" if tail.len() == 1 => {
-            let section = obj.entry(first.clone()).or_insert_with(|| Value::Object(Default::default()));
-            let section = section.as_object_mut().ok_or_else(|| format!("`{first}` is not a map"))?;
-            section.insert(tail[0].clone(), scalar(raw));
+            let section = obj
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
+            let section = section
+                .as_object_mut()
+                .ok_or_else(|| format!("`{first}` is not a map"))?;
+            let value = env_scalar(&format!("{first}.{}", tail[0]), raw)?;
+            section.insert(tail[0].clone(), value);
         }
         "dead_letter" if tail.len() > 1 && tail[0] == "producer_properties" => {
             let prop = tail[1..].join("_").replace('_', ".");
-            let section = obj.entry("dead_letter").or_insert_with(|| Value::Object(Default::default()));
+            let section = obj
+                .entry("dead_letter")
+                .or_insert_with(|| Value::Object(Default::default()));
             let props = section
                 .as_object_mut()
                 .ok_or("`dead_letter` is not a map")?
@@ -513,11 +571,48 @@ fn apply_env(root: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
                 .insert(prop, Value::String(raw.to_owned()));
         }
         field if tail.is_empty() => {
-            obj.insert(field.to_owned(), scalar(raw));
+            let value = env_scalar(field, raw)?;
+            obj.insert(field.to_owned(), value);
         }
-        _ => return Err(format!("`{}` names no configuration field", segments.join("."))),
+        _ => {
+            return Err(format!(
+                "`{}` names no configuration field",
+                segments.join(".")
+            ))
+        }
     }
     Ok(())
+}
+
+/// The scalar fields a variable may set, dotted, and whether each is a
+/// string. A string field takes the value verbatim (`KAFKA_TOWER_GROUP_ID=2024`
+/// is the group "2024", not a number); an unknown field is an error naming the
+/// variable.
+const ENV_FIELDS: &[(&str, bool)] = &[
+    ("group_id", true),
+    ("service_id", true),
+    ("max_in_flight", false),
+    ("buffer_per_partition", false),
+    ("ordering", true),
+    ("commit_interval", true),
+    ("drain_timeout", true),
+    ("retry.max_attempts", false),
+    ("retry.initial_backoff", true),
+    ("retry.max_backoff", true),
+    ("retry.multiplier", false),
+    ("dead_letter.enabled", false),
+    ("dead_letter.suffix", true),
+    ("dead_letter.topic", true),
+    ("dead_letter.max_error_len", false),
+];
+
+/// The value of the scalar field `path` set from a variable.
+fn env_scalar(path: &str, raw: &str) -> Result<Value, String> {
+    match ENV_FIELDS.iter().find(|(f, _)| *f == path) {
+        Some((_, true)) => Ok(Value::String(raw.to_owned())),
+        Some((_, false)) => Ok(scalar(raw)),
+        None => Err(format!("`{path}` names no configuration field")),
+    }
 }
 
 /// Numbers and booleans as such, anything else as a string.
@@ -531,7 +626,9 @@ fn scalar(raw: &str) -> Value {
 /// Whether a librdkafka property holds a secret and must never be printed.
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "key", "token", "jaas"].iter().any(|s| n.contains(s))
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|s| n.contains(s))
 }
 
 struct Redacted<'a>(&'a BTreeMap<String, PropertyValue>);
@@ -540,7 +637,11 @@ impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.0.iter().map(|(k, v)| {
-                let shown: &dyn fmt::Debug = if is_secret_property(k) { &"<redacted>" } else { &v.0 };
+                let shown: &dyn fmt::Debug = if is_secret_property(k) {
+                    &"<redacted>"
+                } else {
+                    &v.0
+                };
                 (k, shown)
             }))
             .finish()
@@ -613,8 +714,16 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
-            Some(k) => write!(f, "invalid configuration in {}: `{k}`: {}", self.origin, self.message),
-            None => write!(f, "invalid configuration in {}: {}", self.origin, self.message),
+            Some(k) => write!(
+                f,
+                "invalid configuration in {}: `{k}`: {}",
+                self.origin, self.message
+            ),
+            None => write!(
+                f,
+                "invalid configuration in {}: {}",
+                self.origin, self.message
+            ),
         }
     }
 }

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use super::config::{ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy};
+use super::config::{
+    ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
+};
 use super::dead_letter::DeadLetterWriter;
 use super::lane::{run_lane, LaneEvent, LaneShared, TopicPartition};
 use super::native::to_consumed_record;
@@ -63,7 +65,9 @@ pub struct Consumer {
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consumer").field("config", &self.config).finish()
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -91,7 +95,9 @@ impl ConsumerBuilder {
     }
     /// Sets a librdkafka consumer property.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.properties.insert(key.into(), PropertyValue(value.into()));
+        self.config
+            .properties
+            .insert(key.into(), PropertyValue(value.into()));
         self
     }
     /// Sets the service id written into dead-letter provenance headers.
@@ -233,7 +239,10 @@ impl Consumer {
         let handle = tokio::runtime::Handle::current();
 
         let dead_letter = if config.dead_letter.enabled {
-            Some(DeadLetterWriter::new(&config).map_err(|e| ConsumerError::new("cannot create the dead-letter producer", e))?)
+            Some(
+                DeadLetterWriter::new(&config)
+                    .map_err(|e| ConsumerError::new("cannot create the dead-letter producer", e))?,
+            )
         } else {
             None
         };
@@ -253,7 +262,14 @@ impl Consumer {
             stats: stats.clone(),
         });
         let spawn_lane: SpawnLane = Box::new(move |tp, generation, rx, cancel| {
-            handle.spawn(run_lane(shared.clone(), service.clone(), tp, generation, rx, cancel))
+            handle.spawn(run_lane(
+                shared.clone(),
+                service.clone(),
+                tp,
+                generation,
+                rx,
+                cancel,
+            ))
         });
 
         let state = Arc::new(Mutex::new(PollState {
@@ -279,9 +295,10 @@ impl Consumer {
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer<RuntimeContext> = cc
-            .create_with_context(context)
-            .map_err(|e| ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e))?;
+        let consumer: BaseConsumer<RuntimeContext> =
+            cc.create_with_context(context).map_err(|e| {
+                ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
+            })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -315,7 +332,12 @@ impl Consumer {
 }
 
 type SpawnLane = Box<
-    dyn FnMut(TopicPartition, u64, mpsc::Receiver<ConsumedRecord>, CancellationToken) -> tokio::task::JoinHandle<()>
+    dyn FnMut(
+            TopicPartition,
+            u64,
+            mpsc::Receiver<ConsumedRecord>,
+            CancellationToken,
+        ) -> tokio::task::JoinHandle<()>
         + Send,
 >;
 
@@ -367,10 +389,15 @@ impl ConsumerContext for RuntimeContext {
             if revoked.is_empty() {
                 return;
             }
-            tracing::info!(partitions = revoked.len(), "partitions revoked: finishing in-flight records");
+            tracing::info!(
+                partitions = revoked.len(),
+                "partitions revoked: finishing in-flight records"
+            );
             st.drain(&revoked);
             if consumer.assignment_lost() {
-                tracing::warn!("assignment lost: finished offsets of revoked partitions cannot be committed");
+                tracing::warn!(
+                    "assignment lost: finished offsets of revoked partitions cannot be committed"
+                );
             } else {
                 st.commit(consumer, CommitMode::Sync, Some(&revoked), true);
             }
@@ -450,7 +477,11 @@ impl PollState {
 
     fn handle_event(&mut self, event: LaneEvent) {
         match event {
-            LaneEvent::Finished { tp, generation, offset } => {
+            LaneEvent::Finished {
+                tp,
+                generation,
+                offset,
+            } => {
                 if let Some(ps) = self.partitions.get_mut(&tp) {
                     if ps.generation == generation {
                         ps.tracker.finished(offset);
@@ -475,7 +506,12 @@ impl PollState {
 
     /// Takes in a fetched record: to the lane, or to the stash (pausing the
     /// partition) when the lane's buffer is full.
-    fn accept(&mut self, consumer: &BaseConsumer<RuntimeContext>, record: ConsumedRecord, tp: TopicPartition) {
+    fn accept(
+        &mut self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        record: ConsumedRecord,
+        tp: TopicPartition,
+    ) {
         let stats = self.stats.clone();
         let Some(ps) = self.partitions.get_mut(&tp) else {
             tracing::debug!(topic = %tp.0, partition = tp.1, "record of a partition not assigned here: left for its owner");
@@ -533,7 +569,8 @@ impl PollState {
             while let Some(record) = ps.stash.pop_front() {
                 match tx.try_send(record) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(r)) | Err(mpsc::error::TrySendError::Closed(r)) => {
+                    Err(mpsc::error::TrySendError::Full(r))
+                    | Err(mpsc::error::TrySendError::Closed(r)) => {
                         ps.stash.push_front(r);
                         break;
                     }
@@ -583,7 +620,10 @@ impl PollState {
             }
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(lanes = pending, "drain timeout: abandoning in-flight records (they will be redelivered)");
+                tracing::warn!(
+                    lanes = pending,
+                    "drain timeout: abandoning in-flight records (they will be redelivered)"
+                );
                 for tp in tps {
                     if let Some(ps) = self.partitions.get_mut(tp) {
                         if !ps.exited {
@@ -612,7 +652,11 @@ impl PollState {
             if only.is_some_and(|o| !o.contains(tp)) {
                 continue;
             }
-            let point = if force { ps.tracker.commit_point() } else { ps.tracker.take_commit() };
+            let point = if force {
+                ps.tracker.commit_point()
+            } else {
+                ps.tracker.take_commit()
+            };
             if let Some(point) = point {
                 if force {
                     ps.tracker.take_commit();
@@ -673,7 +717,10 @@ fn poll_loop(
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 tracing::error!(error = %code, "fatal consumer error: stopping");
-                result = Err(ConsumerError::new("fatal consumer error", KafkaError::MessageConsumptionFatal(code)));
+                result = Err(ConsumerError::new(
+                    "fatal consumer error",
+                    KafkaError::MessageConsumptionFatal(code),
+                ));
                 break;
             }
             Some(Err(e)) => {

@@ -90,8 +90,16 @@ impl DeadLetterWriter {
             .policy
             .topic_for(&record.topic)
             .expect("a writer exists only when dead-lettering is enabled");
-        let headers = provenance_headers(record, failure, attempts, &self.group, &self.service_id, self.policy.max_error_len);
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(write_headers(&headers));
+        let headers = provenance_headers(
+            record,
+            failure,
+            attempts,
+            &self.group,
+            &self.service_id,
+            self.policy.max_error_len,
+        );
+        let mut out: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&topic).headers(write_headers(&headers));
         if let Some(k) = &record.key {
             out = out.key(&k[..]);
         }
@@ -106,7 +114,9 @@ impl DeadLetterWriter {
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The original headers followed by the provenance headers.
@@ -131,15 +141,27 @@ pub(crate) fn provenance_headers(
     if let Some(ts) = record.timestamp {
         add("original-timestamp", ts.to_string());
     }
-    add("original-timestamp-type", record.timestamp_type.as_str().to_owned());
+    add(
+        "original-timestamp-type",
+        record.timestamp_type.as_str().to_owned(),
+    );
     add("consumer-group", group.to_owned());
     add("attempts", attempts.to_string());
     add("error-class", failure.class.as_str().to_owned());
     if let Some(status) = failure.status {
         add("status", status.as_u16().to_string());
     }
-    add("error-message", truncate_utf8(&failure.message, max_error_len).to_owned());
-    add("failed-by", failure.failed_by.clone().unwrap_or_else(|| "service".to_owned()));
+    add(
+        "error-message",
+        truncate_utf8(&failure.message, max_error_len).to_owned(),
+    );
+    add(
+        "failed-by",
+        failure
+            .failed_by
+            .clone()
+            .unwrap_or_else(|| "service".to_owned()),
+    );
     if let Some(reason) = &failure.reason {
         add("reason", reason.clone());
     }

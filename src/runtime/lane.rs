@@ -26,7 +26,11 @@ pub(crate) type TopicPartition = (Arc<str>, i32);
 #[derive(Debug)]
 pub(crate) enum LaneEvent {
     /// The record at `offset` is finished: its offset may be committed.
-    Finished { tp: TopicPartition, generation: u64, offset: i64 },
+    Finished {
+        tp: TopicPartition,
+        generation: u64,
+        offset: i64,
+    },
     /// The lane has stopped; nothing of it is running any more.
     Exited { tp: TopicPartition, generation: u64 },
 }
@@ -108,13 +112,21 @@ pub(crate) async fn run_lane<S, ResBody>(
                 let record = waiting.remove(idx).expect("index from first_ready");
                 shared.stats.sub_buffered(1);
                 busy.insert(order_key(shared.ordering, &record));
-                running.push(serve_record(shared.clone(), service.clone(), record, uri.clone(), cancel.clone(), permit));
+                running.push(serve_record(
+                    shared.clone(),
+                    service.clone(),
+                    record,
+                    uri.clone(),
+                    cancel.clone(),
+                    permit,
+                ));
             }
         }
         if running.is_empty() && (cancelled || (!rx_open && waiting.is_empty())) {
             break;
         }
-        let blocked_on_permit = !cancelled && first_ready(&waiting, &busy, shared.ordering).is_some();
+        let blocked_on_permit =
+            !cancelled && first_ready(&waiting, &busy, shared.ordering).is_some();
         let can_take = !cancelled && rx_open && waiting.len() < shared.lookahead;
         tokio::select! {
             biased;
@@ -201,7 +213,10 @@ where
     let mut attempt = 1u32;
     let failure = loop {
         shared.stats.attempts.fetch_add(1, Relaxed);
-        let req = record.clone().into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
+        let req =
+            record
+                .clone()
+                .into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
         match invoke(service.clone(), req, shared.max_error_len).await {
             Ok(()) => {
                 shared.stats.succeeded.fetch_add(1, Relaxed);

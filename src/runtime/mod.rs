@@ -9,7 +9,9 @@ mod native;
 mod outcome;
 mod stats;
 
-pub use config::{ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy};
+pub use config::{
+    ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
+};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use outcome::{is_retryable_status, ErrorClass};
 pub use stats::RuntimeStats;

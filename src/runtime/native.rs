@@ -30,7 +30,8 @@ pub(crate) fn read_headers(msg: &BorrowedMessage<'_>) -> RawHeaders {
         // outlives this loop; `idx < count`; librdkafka writes a
         // NUL-terminated name and a value pointer valid for `size` bytes (or
         // NULL for a null value) that live as long as the headers.
-        let err = unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
             continue;
         }
@@ -69,7 +70,13 @@ pub(crate) fn write_headers(headers: &RawHeaders) -> OwnedHeaders {
         // SAFETY: `native` is the writable header list owned by `owned`;
         // librdkafka copies the name (given with its length) and the value.
         let err = unsafe {
-            rd::rd_kafka_header_add(native, key.as_ptr() as *const c_char, key.len() as isize, vptr, vlen)
+            rd::rd_kafka_header_add(
+                native,
+                key.as_ptr() as *const c_char,
+                key.len() as isize,
+                vptr,
+                vlen,
+            )
         };
         debug_assert_eq!(err, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
     }

@@ -45,7 +45,9 @@ impl ErrorClass {
 /// Timeout` (what tower-http's timeout answers), `429 Too Many Requests`
 /// and every `5xx`.
 pub fn is_retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +59,11 @@ pub(crate) struct Failure {
     pub(crate) reason: Option<String>,
 }
 
-pub(crate) async fn invoke<S, ResBody>(svc: S, req: Request<RecordBody>, max_len: usize) -> Result<(), Failure>
+pub(crate) async fn invoke<S, ResBody>(
+    svc: S,
+    req: Request<RecordBody>,
+    max_len: usize,
+) -> Result<(), Failure>
 where
     S: Service<Request<RecordBody>, Response = Response<ResBody>> + Send,
     S::Future: Send,
@@ -161,7 +167,9 @@ where
         }
         buf
     };
-    let buf = tokio::time::timeout(Duration::from_secs(1), read).await.unwrap_or_default();
+    let buf = tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .unwrap_or_default();
     String::from_utf8_lossy(&buf).into_owned()
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use kafka_tower::runtime::{rdkafka_headers, record_from_message, RuntimeStats};
-use kafka_tower::{BoxError, ConsumedRecord, Consumer, ConsumerBuilder, RawHeaders, RecordBody, RecordMeta};
+use kafka_tower::{
+    BoxError, ConsumedRecord, Consumer, ConsumerBuilder, RawHeaders, RecordBody, RecordMeta,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -37,7 +39,10 @@ pub async fn create_topic(name: &str, partitions: i32) {
         .create()
         .expect("admin client");
     let results = admin
-        .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await
         .expect("create_topics");
     for r in results {
@@ -71,7 +76,10 @@ pub struct Rec {
 
 impl Rec {
     pub fn payload(p: impl Into<Bytes>) -> Self {
-        Rec { payload: Some(p.into()), ..Default::default() }
+        Rec {
+            payload: Some(p.into()),
+            ..Default::default()
+        }
     }
     pub fn key(mut self, k: impl Into<Bytes>) -> Self {
         self.key = Some(k.into());
@@ -92,7 +100,8 @@ pub async fn produce(topic: &str, records: impl IntoIterator<Item = Rec>) -> Vec
     let producer = producer();
     let mut pending = Vec::new();
     for r in records {
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(rdkafka_headers(&r.headers));
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(rdkafka_headers(&r.headers));
         if let Some(k) = &r.key {
             fr = fr.key(&k[..]);
         }
@@ -102,12 +111,19 @@ pub async fn produce(topic: &str, records: impl IntoIterator<Item = Rec>) -> Vec
         if let Some(p) = r.partition {
             fr = fr.partition(p);
         }
-        let delivery = producer.send_result(fr).map_err(|(e, _)| e).expect("enqueue");
+        let delivery = producer
+            .send_result(fr)
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
         pending.push(delivery);
     }
     let mut out = Vec::with_capacity(pending.len());
     for d in pending {
-        let delivery = d.await.expect("delivery future").map_err(|(e, _)| e).expect("produce");
+        let delivery = d
+            .await
+            .expect("delivery future")
+            .map_err(|(e, _)| e)
+            .expect("produce");
         out.push((delivery.partition, delivery.offset));
     }
     out
@@ -124,11 +140,14 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<ConsumedRecord> {
             .set("enable.auto.commit", "false")
             .create()
             .expect("reader");
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
         let partitions = md.topics()[0].partitions().len() as i32;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).expect("assign");
         let deadline = std::time::Instant::now() + WAIT;
@@ -161,7 +180,9 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
     (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
@@ -187,7 +208,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn text(&self) -> String {
-        self.payload.as_ref().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()
+        self.payload
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -200,13 +224,19 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Recorder { seen: Default::default(), count: Arc::new(watch::channel(0).0) }
+        Recorder {
+            seen: Default::default(),
+            count: Arc::new(watch::channel(0).0),
+        }
     }
 }
 
 impl Recorder {
     pub fn record(&self, req: &Request<RecordBody>) -> Seen {
-        let meta = req.extensions().get::<RecordMeta>().expect("RecordMeta extension");
+        let meta = req
+            .extensions()
+            .get::<RecordMeta>()
+            .expect("RecordMeta extension");
         let seen = Seen {
             topic: meta.topic().to_owned(),
             method: req.method().clone(),
@@ -216,7 +246,11 @@ impl Recorder {
             payload: req.body().payload().cloned(),
             tombstone: req.body().is_tombstone(),
             attempt: meta.attempt(),
-            headers: req.extensions().get::<RawHeaders>().cloned().unwrap_or_default(),
+            headers: req
+                .extensions()
+                .get::<RawHeaders>()
+                .cloned()
+                .unwrap_or_default(),
             header_map: req.headers().clone(),
         };
         let n = {
@@ -250,7 +284,8 @@ impl Recorder {
     }
 
     pub async fn wait_count(&self, n: usize) {
-        self.wait_until(&format!("{n} calls"), |s| s.len() >= n).await;
+        self.wait_until(&format!("{n} calls"), |s| s.len() >= n)
+            .await;
     }
 
     /// Payload texts of successful... all calls, by payload.
@@ -263,8 +298,12 @@ impl Recorder {
 pub fn recording_service<F>(
     recorder: Recorder,
     respond: F,
-) -> impl tower::Service<Request<RecordBody>, Response = Response<String>, Error = BoxError, Future = impl Future<Output = Result<Response<String>, BoxError>> + Send>
-       + Clone
+) -> impl tower::Service<
+    Request<RecordBody>,
+    Response = Response<String>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<String>, BoxError>> + Send,
+> + Clone
        + Send
        + 'static
 where
@@ -273,7 +312,14 @@ where
     tower::service_fn(move |req: Request<RecordBody>| {
         let seen = recorder.record(&req);
         let status = respond(&seen);
-        async move { Ok::<_, BoxError>(Response::builder().status(status).body(format!("status {status}")).unwrap()) }
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(status)
+                    .body(format!("status {status}"))
+                    .unwrap(),
+            )
+        }
     })
 }
 
@@ -287,7 +333,9 @@ pub struct Running {
 impl Running {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        let r = tokio::time::timeout(WAIT, &mut self.join).await.expect("consumer stops in time");
+        let r = tokio::time::timeout(WAIT, &mut self.join)
+            .await
+            .expect("consumer stops in time");
         r.expect("consumer task").expect("consumer result");
     }
 }
@@ -306,7 +354,11 @@ where
     let join = tokio::spawn(consumer.serve(service, async move {
         let _ = rx.await;
     }));
-    Running { stop: Some(tx), join, stats }
+    Running {
+        stop: Some(tx),
+        join,
+        stats,
+    }
 }
 
 /// A builder for the test broker with fast retries and commits.
@@ -319,17 +371,25 @@ pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
         .property("session.timeout.ms", "10000")
         .property("heartbeat.interval.ms", "500")
         .commit_interval(Duration::from_millis(200))
-        .retry(kafka_tower::RetryPolicy::exponential(3, Duration::from_millis(10), Duration::from_millis(100)))
+        .retry(kafka_tower::RetryPolicy::exponential(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ))
 }
 
 /// Headers of `h` as (key, value) byte pairs, for readable assertions.
 pub fn header_pairs(h: &RawHeaders) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    h.iter().map(|h| (h.key.to_vec(), h.value.as_ref().map(|v| v.to_vec()))).collect()
+    h.iter()
+        .map(|h| (h.key.to_vec(), h.value.as_ref().map(|v| v.to_vec())))
+        .collect()
 }
 
 /// The last value of header `name` as text.
 pub fn header_text(h: &RawHeaders, name: &str) -> Option<String> {
-    h.get_last(name.as_bytes()).flatten().map(|v| String::from_utf8_lossy(v).into_owned())
+    h.get_last(name.as_bytes())
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Counts of each item.
