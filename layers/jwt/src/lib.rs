@@ -116,6 +116,19 @@
 //! `aws_lc_rs`, [`JwtLayerBuilder::build`] installs the RustCrypto provider
 //! as the process default rather than letting decoding panic.
 //!
+//! # Performance
+//!
+//! `cargo bench -p kafka-tower-jwt` (criterion, `benches/verify.rs`), one
+//! whole `Jwt::call` per iteration, measured on a 2-core CI-class VM:
+//!
+//! | path | time |
+//! |---|---|
+//! | cold verify HS256 | ≈ 2.4 µs |
+//! | cold verify EdDSA | ≈ 36 µs |
+//! | cold verify PS256 / RS256 (2048-bit) | ≈ 58 / 65 µs |
+//! | cold verify ES256 | ≈ 165 µs |
+//! | cache hit (any algorithm), per record | ≈ 0.4 µs |
+//!
 //! # Minimum Rust version
 //!
 //! 1.88, jsonwebtoken 12's.
