@@ -58,6 +58,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod body;
+pub mod context;
 pub mod mapping;
 pub mod offsets;
 pub mod record;
@@ -66,6 +67,7 @@ pub mod refusal;
 pub mod runtime;
 
 pub use body::RecordBody;
+pub use context::PropagatedContext;
 pub use mapping::{ConsumedRecord, MappingError, OutgoingRecord};
 pub use offsets::OffsetTracker;
 pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};

@@ -56,8 +56,26 @@ use serde_json::Value;
 
 use crate::mapping::is_valid_topic_name;
 
-/// The prefix of environment variables that override configuration.
+/// The prefix of environment variables that override consumer configuration.
 pub const ENV_PREFIX: &str = "KAFKA_TOWER_";
+
+/// The prefix of environment variables that override producer configuration.
+pub const PRODUCER_ENV_PREFIX: &str = "KAFKA_TOWER_PRODUCER_";
+
+const CONSUMER_FIELDS: &[&str] = &[
+    "group_id",
+    "topics",
+    "service_id",
+    "max_in_flight",
+    "buffer_per_partition",
+    "ordering",
+    "commit_interval",
+    "drain_timeout",
+    "retry",
+    "dead_letter",
+    "context",
+    "properties",
+];
 
 /// How records of one partition are ordered while being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -203,6 +221,44 @@ impl DeadLetterPolicy {
     }
 }
 
+/// How the consumer captures the [`PropagatedContext`](crate::PropagatedContext)
+/// of each record (into the request extensions and the task-local scope of
+/// the service call).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextSettings {
+    /// Capture the context at all (default `true`).
+    pub capture: bool,
+    /// Generate a correlation id for a record that has none (default
+    /// `true`); the same id is used for every attempt of the record.
+    pub generate_correlation_id: bool,
+    /// Header names propagated besides the defaults.
+    pub extra_headers: Vec<String>,
+}
+
+impl Default for ContextSettings {
+    fn default() -> Self {
+        ContextSettings {
+            capture: true,
+            generate_correlation_id: true,
+            extra_headers: Vec::new(),
+        }
+    }
+}
+
+impl ContextSettings {
+    /// The [`ContextConfig`](crate::context::ContextConfig) these settings describe.
+    pub fn to_context_config(&self) -> Result<crate::context::ContextConfig, String> {
+        let mut c = crate::context::ContextConfig::new().generate_correlation_id(self.generate_correlation_id);
+        for name in &self.extra_headers {
+            let n = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{name:?} is not a valid header name"))?;
+            c = c.with_header(n);
+        }
+        Ok(c)
+    }
+}
+
 /// A librdkafka property value. Files may write numbers and booleans
 /// unquoted; librdkafka receives them as strings.
 #[derive(Clone, PartialEq, Eq)]
@@ -283,6 +339,9 @@ pub struct ConsumerConfig {
     /// The dead-letter topic.
     #[serde(default)]
     pub dead_letter: DeadLetterPolicy,
+    /// Capture of the propagated context from each record.
+    #[serde(default)]
+    pub context: ContextSettings,
     /// librdkafka consumer properties (`bootstrap.servers` is required).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
@@ -321,6 +380,7 @@ impl ConsumerConfig {
             drain_timeout: default_drain_timeout(),
             retry: RetryPolicy::default(),
             dead_letter: DeadLetterPolicy::default(),
+            context: ContextSettings::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -341,19 +401,8 @@ impl ConsumerConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let path = path.as_ref();
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&origin, None, format!("cannot read the file: {e}")))?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("yml" | "yaml") => Self::from_yaml_str(&text, &origin, env),
-            Some("toml") => Self::from_toml_str(&text, &origin, env),
-            _ => Err(ConfigError::new(
-                &origin,
-                None,
-                "unknown file type: expected a .yml, .yaml or .toml extension",
-            )),
-        }
+        let (value, origin) = read_file(path.as_ref())?;
+        Self::from_value(value, &origin, env)
     }
 
     /// Parses YAML text; `origin` names it in errors.
@@ -366,9 +415,7 @@ impl ConsumerConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let value: Value = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::new(origin, None, format!("invalid YAML: {e}")))?;
-        Self::from_value(value, origin, env)
+        Self::from_value(parse_yaml(text, origin)?, origin, env)
     }
 
     /// Parses TOML text; `origin` names it in errors.
@@ -381,49 +428,16 @@ impl ConsumerConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        // Not `{e}`: toml's Display quotes the offending line, which may
-        // hold a secret.
-        let value: Value = toml::from_str(text).map_err(|e| {
-            let at = e.span().map_or(String::new(), |span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!(" at line {line}, column {column}")
-            });
-            let message = e.message().trim_end().replace('\n', "; ");
-            ConfigError::new(origin, None, format!("invalid TOML{at}: {message}"))
-        })?;
-        Self::from_value(value, origin, env)
+        Self::from_value(parse_toml(text, origin)?, origin, env)
     }
 
-    fn from_value<K, V>(
-        mut value: Value,
-        origin: &str,
-        env: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<Self, ConfigError>
+    fn from_value<K, V>(value: Value, origin: &str, env: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
     where
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        if value.is_null() {
-            value = Value::Object(Default::default());
-        }
-        let mut env_origin = None;
-        for (k, v) in env {
-            let k = k.as_ref();
-            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            apply_env(&mut value, rest, v.as_ref())
-                .map_err(|msg| ConfigError::new(&format!("environment variable {k}"), None, msg))?;
-            env_origin.get_or_insert_with(|| format!("{origin} (with {ENV_PREFIX}* overrides)"));
-        }
-        let origin = env_origin.as_deref().unwrap_or(origin);
-        let config: ConsumerConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let key = (path != ".").then_some(path);
-            ConfigError::new(origin, key, e.into_inner().to_string())
-        })?;
+        let env = env.into_iter().filter(|(k, _)| !k.as_ref().starts_with(PRODUCER_ENV_PREFIX));
+        let config: ConsumerConfig = load(value, origin, env, ENV_PREFIX, CONSUMER_FIELDS)?;
         config.validate_in(origin)?;
         Ok(config)
     }
@@ -515,104 +529,117 @@ impl ConsumerConfig {
         if !self.properties.contains_key("bootstrap.servers") {
             return err("properties.bootstrap.servers", "is required".into());
         }
+        if let Err(msg) = self.context.to_context_config() {
+            return err("context.extra_headers", msg);
+        }
         Ok(())
     }
 }
 
-fn apply_env(root: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
+/// Applies one `KAFKA_TOWER_*` variable (prefix removed) to the parsed
+/// file. Segments separated by `__` walk nested maps; after a `properties`
+/// or `producer_properties` segment the rest is a librdkafka property name
+/// (lower-cased, `_` → `.`); `topics` takes a comma-separated list.
+fn apply_env(root: &mut Value, rest: &str, raw: &str, fields: &[&str]) -> Result<(), String> {
     let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-    let (first, tail) = segments.split_first().ok_or("empty name")?;
-    let obj = root
-        .as_object_mut()
-        .ok_or("the configuration root is not a map")?;
-    match first.as_str() {
-        "properties" if !tail.is_empty() => {
-            let prop = tail.join("_").replace('_', ".");
-            let props = obj
-                .entry("properties")
-                .or_insert_with(|| Value::Object(Default::default()));
-            props
-                .as_object_mut()
-                .ok_or("`properties` is not a map")?
-                .insert(prop, Value::String(raw.to_owned()));
-        }
-        "topics" if tail.is_empty() => {
-            let topics = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_owned()))
-                .collect();
-            obj.insert("topics".into(), Value::Array(topics));
-        }
-        "retry" | "dead_letter" if tail.len() == 1 => {
-            let section = obj
-                .entry(first.clone())
-                .or_insert_with(|| Value::Object(Default::default()));
-            let section = section
-                .as_object_mut()
-                .ok_or_else(|| format!("`{first}` is not a map"))?;
-            let value = env_scalar(&format!("{first}.{}", tail[0]), raw)?;
-            section.insert(tail[0].clone(), value);
-        }
-        "dead_letter" if tail.len() > 1 && tail[0] == "producer_properties" => {
-            let prop = tail[1..].join("_").replace('_', ".");
-            let section = obj
-                .entry("dead_letter")
-                .or_insert_with(|| Value::Object(Default::default()));
-            let props = section
-                .as_object_mut()
-                .ok_or("`dead_letter` is not a map")?
-                .entry("producer_properties")
-                .or_insert_with(|| Value::Object(Default::default()));
-            props
-                .as_object_mut()
-                .ok_or("`dead_letter.producer_properties` is not a map")?
-                .insert(prop, Value::String(raw.to_owned()));
-        }
-        field if tail.is_empty() => {
-            let value = env_scalar(field, raw)?;
-            obj.insert(field.to_owned(), value);
-        }
-        _ => {
-            return Err(format!(
-                "`{}` names no configuration field",
-                segments.join(".")
-            ))
-        }
+    if segments.iter().any(String::is_empty) {
+        return Err("empty name segment".into());
     }
-    Ok(())
+    if !fields.contains(&segments[0].as_str()) {
+        return Err(format!("`{}` names no configuration field", segments.join(".")));
+    }
+    let mut node = root;
+    let mut i = 0;
+    loop {
+        let seg = &segments[i];
+        let obj = node
+            .as_object_mut()
+            .ok_or_else(|| format!("`{}` is not a map", segments[..i].join(".")))?;
+        let last = i + 1 == segments.len();
+        if (seg == "properties" || seg == "producer_properties") && !last {
+            let prop = segments[i + 1..].join("_").replace('_', ".");
+            let props = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()));
+            props
+                .as_object_mut()
+                .ok_or_else(|| format!("`{seg}` is not a map"))?
+                .insert(prop, Value::String(raw.to_owned()));
+            return Ok(());
+        }
+        if last {
+            let value = if seg == "topics" {
+                Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.to_owned()))
+                        .collect(),
+                )
+            } else {
+                scalar(raw)
+            };
+            obj.insert(seg.clone(), value);
+            return Ok(());
+        }
+        node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()));
+        i += 1;
+    }
 }
 
-/// The scalar fields a variable may set, dotted, and whether each is a
-/// string. A string field takes the value verbatim (`KAFKA_TOWER_GROUP_ID=2024`
-/// is the group "2024", not a number); an unknown field is an error naming the
-/// variable.
-const ENV_FIELDS: &[(&str, bool)] = &[
-    ("group_id", true),
-    ("service_id", true),
-    ("max_in_flight", false),
-    ("buffer_per_partition", false),
-    ("ordering", true),
-    ("commit_interval", true),
-    ("drain_timeout", true),
-    ("retry.max_attempts", false),
-    ("retry.initial_backoff", true),
-    ("retry.max_backoff", true),
-    ("retry.multiplier", false),
-    ("dead_letter.enabled", false),
-    ("dead_letter.suffix", true),
-    ("dead_letter.topic", true),
-    ("dead_letter.max_error_len", false),
-];
-
-/// The value of the scalar field `path` set from a variable.
-fn env_scalar(path: &str, raw: &str) -> Result<Value, String> {
-    match ENV_FIELDS.iter().find(|(f, _)| *f == path) {
-        Some((_, true)) => Ok(Value::String(raw.to_owned())),
-        Some((_, false)) => Ok(scalar(raw)),
-        None => Err(format!("`{path}` names no configuration field")),
+/// Parses YAML or TOML (by `kind`), applies the environment, deserializes
+/// with key paths in errors. Unknown env fields are checked against `fields`.
+pub(crate) fn load<T: serde::de::DeserializeOwned, K: AsRef<str>, V: AsRef<str>>(
+    mut value: Value,
+    origin: &str,
+    env: impl IntoIterator<Item = (K, V)>,
+    prefix: &str,
+    fields: &[&str],
+) -> Result<T, ConfigError> {
+    if value.is_null() {
+        value = Value::Object(Default::default());
     }
+    let mut env_origin = None;
+    for (k, v) in env {
+        let k = k.as_ref();
+        let Some(rest) = k.strip_prefix(prefix) else {
+            continue;
+        };
+        apply_env(&mut value, rest, v.as_ref(), fields)
+            .map_err(|msg| ConfigError::new(&format!("environment variable {k}"), None, msg))?;
+        env_origin.get_or_insert_with(|| format!("{origin} (with {prefix}* overrides)"));
+    }
+    let origin = env_origin.as_deref().unwrap_or(origin);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = (path != ".").then_some(path);
+        ConfigError::new(origin, key, e.into_inner().to_string())
+    })
+}
+
+/// Reads a `.yml` / `.yaml` / `.toml` file into a JSON value.
+pub(crate) fn read_file(path: &Path) -> Result<(Value, String), ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&origin, None, format!("cannot read the file: {e}")))?;
+    let value = match path.extension().and_then(|e| e.to_str()) {
+        Some("yml" | "yaml") => parse_yaml(&text, &origin)?,
+        Some("toml") => parse_toml(&text, &origin)?,
+        _ => {
+            return Err(ConfigError::new(
+                &origin,
+                None,
+                "unknown file type: expected a .yml, .yaml or .toml extension",
+            ))
+        }
+    };
+    Ok((value, origin))
+}
+
+pub(crate) fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError::new(origin, None, format!("invalid YAML: {e}")))
+}
+
+pub(crate) fn parse_toml(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::new(origin, None, format!("invalid TOML: {e}")))
 }
 
 /// Numbers and booleans as such, anything else as a string.
@@ -671,6 +698,7 @@ impl fmt::Debug for ConsumerConfig {
                     Redacted(&self.dead_letter.producer_properties)
                 ),
             )
+            .field("context", &self.context)
             .field("properties", &Redacted(&self.properties))
             .finish()
     }
@@ -729,3 +757,206 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+const PRODUCER_FIELDS: &[&str] = &[
+    "acks",
+    "linger",
+    "batch_size",
+    "compression",
+    "idempotence",
+    "transactional_id",
+    "check_topics",
+    "send_timeout",
+    "properties",
+];
+
+/// Producer configuration, in code or from a YAML / TOML file with
+/// `KAFKA_TOWER_PRODUCER_*` environment overrides (same rules as the
+/// consumer's).
+///
+/// ```yaml
+/// # producer.yml
+/// acks: all                 # 0, 1 or all
+/// linger: 5ms
+/// batch_size: 131072        # bytes
+/// compression: zstd         # none, gzip, snappy, lz4, zstd
+/// idempotence: true         # the default
+/// properties:
+///   bootstrap.servers: 127.0.0.1:9092
+/// ```
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// `acks`: `0`, `1` or `all` (default `all`).
+    #[serde(default)]
+    pub acks: Option<String>,
+    /// `linger.ms`: how long to wait to fill a batch.
+    #[serde(default, with = "humantime_serde")]
+    pub linger: Option<Duration>,
+    /// `batch.size` in bytes.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// `compression.type`: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// `enable.idempotence` (default `true`: no duplicates from producer
+    /// retries, order kept per partition).
+    #[serde(default = "yes")]
+    pub idempotence: bool,
+    /// `transactional.id`, required by the transactional producer; stable per
+    /// instance so that a restarted instance fences its predecessor.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// Check once per topic, before the first send, that the topic exists,
+    /// so that a send to a missing topic fails at once with
+    /// `ProduceError::UnknownTopic` (default `true`).
+    #[serde(default = "yes")]
+    pub check_topics: bool,
+    /// How long a send may wait in the local queue when it is full.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// librdkafka producer properties (`bootstrap.servers` is required).
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: None,
+            linger: None,
+            batch_size: None,
+            compression: None,
+            idempotence: true,
+            transactional_id: None,
+            check_topics: true,
+            send_timeout: default_send_timeout(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ProducerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProducerConfig")
+            .field("acks", &self.acks)
+            .field("linger", &self.linger)
+            .field("batch_size", &self.batch_size)
+            .field("compression", &self.compression)
+            .field("idempotence", &self.idempotence)
+            .field("transactional_id", &self.transactional_id)
+            .field("check_topics", &self.check_topics)
+            .field("send_timeout", &self.send_timeout)
+            .field("properties", &Redacted(&self.properties))
+            .finish()
+    }
+}
+
+impl ProducerConfig {
+    /// A configuration for `bootstrap_servers` with defaults.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        let mut c = ProducerConfig::default();
+        c.properties
+            .insert("bootstrap.servers".into(), PropertyValue(bootstrap_servers.into()));
+        c
+    }
+
+    /// Sets a librdkafka property.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), PropertyValue(value.into()));
+        self
+    }
+
+    /// Loads a `.yml` / `.yaml` / `.toml` file, then applies the
+    /// `KAFKA_TOWER_PRODUCER_*` variables of the process environment.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::from_file_with_env(path, std::env::vars())
+    }
+
+    /// As [`ProducerConfig::from_file`], with the environment given explicitly.
+    pub fn from_file_with_env<K: AsRef<str>, V: AsRef<str>>(
+        path: impl AsRef<Path>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError> {
+        let (value, origin) = read_file(path.as_ref())?;
+        let config: ProducerConfig = load(value, &origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
+        config.validate_in(&origin)?;
+        Ok(config)
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml_str<K: AsRef<str>, V: AsRef<str>>(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError> {
+        let config: ProducerConfig = load(parse_yaml(text, origin)?, origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
+        config.validate_in(origin)?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_in("producer configuration")
+    }
+
+    fn validate_in(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(origin, Some(key.to_owned()), msg));
+        if !self.properties.contains_key("bootstrap.servers") {
+            return err("properties.bootstrap.servers", "is required".into());
+        }
+        if let Some(a) = &self.acks {
+            if !matches!(a.as_str(), "0" | "1" | "all" | "-1") {
+                return err("acks", format!("must be 0, 1 or all, got {a:?}"));
+            }
+        }
+        if let Some(c) = &self.compression {
+            if !matches!(c.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
+                return err("compression", format!("must be none, gzip, snappy, lz4 or zstd, got {c:?}"));
+            }
+        }
+        if self.transactional_id.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return err("transactional_id", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration: typed fields first, `properties` last
+    /// (so a property set explicitly wins).
+    pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut cc = rdkafka::ClientConfig::new();
+        cc.set("enable.idempotence", if self.idempotence { "true" } else { "false" });
+        cc.set("acks", self.acks.as_deref().unwrap_or("all"));
+        if let Some(l) = self.linger {
+            cc.set("linger.ms", l.as_millis().to_string());
+        }
+        if let Some(b) = self.batch_size {
+            cc.set("batch.size", b.to_string());
+        }
+        if let Some(c) = &self.compression {
+            cc.set("compression.type", c);
+        }
+        if let Some(t) = &self.transactional_id {
+            cc.set("transactional.id", t);
+        }
+        for (k, v) in &self.properties {
+            cc.set(k, &v.0);
+        }
+        cc
+    }
+
+    /// `message.max.bytes` as configured, or librdkafka's default.
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.0.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+}

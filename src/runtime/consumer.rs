@@ -156,11 +156,22 @@ pub struct ConsumerError {
 }
 
 impl ConsumerError {
-    fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         ConsumerError {
             message: message.into(),
             source: Some(source.into()),
         }
+    }
+
+    pub(crate) fn message(message: impl Into<String>) -> Self {
+        ConsumerError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn config(message: String) -> Self {
+        ConsumerError::message(format!("invalid configuration: `context.extra_headers`: {message}"))
     }
 }
 
@@ -260,6 +271,14 @@ impl Consumer {
             events: events_tx,
             dead_letter,
             stats: stats.clone(),
+            context: if config.context.capture {
+                Some(config.context.to_context_config().map_err(|m| ConsumerError {
+                    message: format!("invalid configuration: `context.extra_headers`: {m}"),
+                    source: None,
+                })?)
+            } else {
+                None
+            },
         });
         let spawn_lane: SpawnLane = Box::new(move |tp, generation, rx, cancel| {
             handle.spawn(run_lane(

@@ -17,6 +17,7 @@ use super::config::{Ordering, RetryPolicy};
 use super::dead_letter::DeadLetterWriter;
 use super::outcome::{invoke, Failure};
 use super::stats::RuntimeStats;
+use crate::context::{ContextConfig, PropagatedContext, CORRELATION_ID};
 use crate::{BoxError, ConsumedRecord, RecordBody};
 
 /// A partition: shared topic name and partition number.
@@ -46,6 +47,7 @@ pub(crate) struct LaneShared {
     pub(crate) events: std::sync::mpsc::Sender<LaneEvent>,
     pub(crate) dead_letter: Option<DeadLetterWriter>,
     pub(crate) stats: Arc<RuntimeStats>,
+    pub(crate) context: Option<ContextConfig>,
 }
 
 /// The ordering key of a record: all records of a partition share one in
@@ -210,17 +212,86 @@ where
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
 {
+    match serve_attempts(shared, service, record, uri, cancel, |_| {}).await {
+        Attempted::Succeeded => true,
+        Attempted::Cancelled => false,
+        Attempted::Failed { failure, attempts } => dispose(shared, record, &failure, attempts, cancel).await,
+    }
+}
+
+/// How the attempts at one record ended.
+pub(crate) enum Attempted {
+    /// A `2xx`.
+    Succeeded,
+    /// A permanent failure, or retries exhausted (`attempts` service calls).
+    Failed { failure: Failure, attempts: u32 },
+    /// Revocation or shutdown interrupted the retries.
+    Cancelled,
+}
+
+/// Calls the service for `record` until it succeeds, fails permanently or
+/// runs out of attempts; `prepare` may decorate each attempt's request.
+pub(crate) async fn serve_attempts<S, ResBody>(
+    shared: &LaneShared,
+    service: S,
+    record: &ConsumedRecord,
+    uri: Uri,
+    cancel: &CancellationToken,
+    mut prepare: impl FnMut(&mut Request<RecordBody>),
+) -> Attempted
+where
+    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    // The record's context, captured once so that every attempt sees the
+    // same (possibly generated) correlation id.
+    let context = match &shared.context {
+        None => None,
+        Some(config) => match PropagatedContext::from_raw_headers(&record.headers, config) {
+            Ok(mut ctx) => {
+                let generated = config.generates_correlation_id() && ctx.correlation_id().is_none();
+                if generated {
+                    ctx.ensure_correlation_id();
+                }
+                Some((ctx, generated))
+            }
+            Err(bad) => {
+                let failure = Failure {
+                    class: super::outcome::ErrorClass::Permanent,
+                    status: Some(http::StatusCode::BAD_REQUEST),
+                    message: bad.to_string(),
+                    failed_by: Some("context".to_owned()),
+                    reason: Some("invalid_header".to_owned()),
+                };
+                return Attempted::Failed { failure, attempts: 0 };
+            }
+        },
+    };
     let mut attempt = 1u32;
-    let failure = loop {
+    loop {
         shared.stats.attempts.fetch_add(1, Relaxed);
-        let req =
-            record
-                .clone()
-                .into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
-        match invoke(service.clone(), req, shared.max_error_len).await {
+        let mut req = record.clone().into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
+        prepare(&mut req);
+        let outcome = match &context {
+            None => invoke(service.clone(), req, shared.max_error_len).await,
+            Some((ctx, generated)) => {
+                if *generated {
+                    if let Some(v) = ctx.get(&CORRELATION_ID) {
+                        req.headers_mut().insert(CORRELATION_ID, v.clone());
+                    }
+                }
+                req.extensions_mut().insert(ctx.clone());
+                ctx.clone().scope(invoke(service.clone(), req, shared.max_error_len)).await
+            }
+        };
+        match outcome {
             Ok(()) => {
                 shared.stats.succeeded.fetch_add(1, Relaxed);
-                return true;
+                return Attempted::Succeeded;
             }
             Err(f) if f.class.is_retryable() && attempt < shared.retry.max_attempts => {
                 shared.stats.retries.fetch_add(1, Relaxed);
@@ -232,14 +303,13 @@ where
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return false,
+                    _ = cancel.cancelled() => return Attempted::Cancelled,
                 }
                 attempt += 1;
             }
-            Err(f) => break f,
+            Err(failure) => return Attempted::Failed { failure, attempts: attempt },
         }
-    };
-    dispose(shared, record, &failure, attempt, cancel).await
+    }
 }
 
 /// Dead-letters a failed record (retrying the write until the broker

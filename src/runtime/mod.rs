@@ -4,17 +4,22 @@
 pub mod config;
 mod consumer;
 pub mod dead_letter;
+pub mod exactly_once;
 mod lane;
 mod native;
 mod outcome;
+pub mod producer;
 mod stats;
+pub mod transactions;
 
 pub use config::{
     ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use outcome::{is_retryable_status, ErrorClass};
+pub use exactly_once::{ExactlyOnce, Outbox};
 pub use stats::RuntimeStats;
+pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
 
 /// Copies a message consumed with rdkafka into a [`ConsumedRecord`](crate::ConsumedRecord):
 /// key, payload and every header byte for byte (rdkafka's own header API

@@ -1,0 +1,577 @@
+//! [`PropagatedContext`]: the caller's identity and trace, carried across
+//! every synchronous and asynchronous hop.
+//!
+//! The context is the set of cross-cutting headers — `Authorization`,
+//! `X-Correlation-Id`, `X-Traceability-Id`, `traceparent`, `tracestate`,
+//! `baggage`, plus names you configure. It is
+//!
+//! * **captured** from an inbound HTTP request by [`CaptureContextLayer`], and
+//!   from each inbound record by the consumer runtime;
+//! * **kept** in the request extensions *and* in a tokio task-local, so code
+//!   deep inside a handler reaches it with [`PropagatedContext::current`];
+//! * **injected** into outgoing record headers and outgoing HTTP requests by
+//!   [`InjectContextLayer`] — explicit headers set by the caller win unless
+//!   [`InjectMode::Overwrite`] is chosen.
+//!
+//! A correlation id is generated (UUID v4) when the first hop has none, then
+//! kept unchanged; a traceability id is only passed through, never invented.
+//!
+//! Task-locals do not cross `tokio::spawn`: a spawned task starts without a
+//! context. Wrap the spawned future with [`PropagatedContext::in_current`]
+//! to carry it over.
+//!
+//! ```
+//! use kafka_tower::context::{CaptureContextLayer, InjectContextLayer, PropagatedContext};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // An "outgoing" client: a service that shows the headers it would send.
+//! let client = InjectContextLayer::new().layer(service_fn(|req: http::Request<()>| async move {
+//!     Ok::<_, std::convert::Infallible>(req.headers().clone())
+//! }));
+//! // An inbound handler that calls the client without threading anything by hand.
+//! let handler = CaptureContextLayer::new().layer(service_fn(move |_req: http::Request<()>| {
+//!     let client = client.clone();
+//!     async move {
+//!         let sent = client.oneshot(http::Request::new(())).await.unwrap();
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(sent))
+//!     }
+//! }));
+//! let inbound = http::Request::builder()
+//!     .header("x-traceability-id", "trace-42")
+//!     .body(())
+//!     .unwrap();
+//! let sent = handler.oneshot(inbound).await.unwrap().into_body();
+//! assert_eq!(sent["x-traceability-id"], "trace-42");
+//! assert!(sent.contains_key("x-correlation-id")); // generated at the first hop
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::record::{RawHeader, RawHeaders};
+use crate::refusal::Refusal;
+
+/// `x-correlation-id`: one id for everything one business request causes.
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+/// `x-traceability-id`: an id set by the origin for end-to-end audit.
+pub const TRACEABILITY_ID: HeaderName = HeaderName::from_static("x-traceability-id");
+/// W3C Trace Context `traceparent`.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context `tracestate`.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// W3C `baggage`.
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+/// The header names propagated by default.
+pub const DEFAULT_HEADERS: [HeaderName; 6] = [
+    AUTHORIZATION,
+    CORRELATION_ID,
+    TRACEABILITY_ID,
+    TRACEPARENT,
+    TRACESTATE,
+    BAGGAGE,
+];
+
+tokio::task_local! {
+    static CURRENT: PropagatedContext;
+}
+
+/// Which headers form the context and whether to generate a correlation id.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    names: Vec<HeaderName>,
+    generate_correlation_id: bool,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            names: DEFAULT_HEADERS.to_vec(),
+            generate_correlation_id: true,
+        }
+    }
+}
+
+impl ContextConfig {
+    /// The default headers, correlation id generated when missing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also propagates `name` (e.g. `x-tenant-id`).
+    pub fn with_header(mut self, name: HeaderName) -> Self {
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+        self
+    }
+
+    /// Whether to generate a correlation id when the inbound hop has none
+    /// (default `true`).
+    pub fn generate_correlation_id(mut self, yes: bool) -> Self {
+        self.generate_correlation_id = yes;
+        self
+    }
+
+    /// Whether a missing correlation id is generated.
+    pub fn generates_correlation_id(&self) -> bool {
+        self.generate_correlation_id
+    }
+
+    /// The propagated header names.
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    fn is_propagated(&self, key: &[u8]) -> Option<&HeaderName> {
+        self.names.iter().find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(key))
+    }
+}
+
+/// A header of the context whose value HTTP cannot carry (CR, LF, NUL or
+/// other control bytes). Refused, never altered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidContextHeader {
+    name: String,
+}
+
+impl InvalidContextHeader {
+    /// The offending header name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for InvalidContextHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "context header `{}` has a value HTTP forbids (CR, LF, NUL or another control byte); refused, not altered",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for InvalidContextHeader {}
+
+/// How [`PropagatedContext::inject`] treats headers already on the
+/// outgoing message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InjectMode {
+    /// Headers the caller set explicitly win (default).
+    #[default]
+    KeepExisting,
+    /// The context's values replace the caller's.
+    Overwrite,
+}
+
+/// The propagated headers of one request. See the [module docs](self).
+///
+/// `Debug` never shows the `Authorization` value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PropagatedContext {
+    headers: HeaderMap,
+}
+
+impl fmt::Debug for PropagatedContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.headers {
+            if k == AUTHORIZATION {
+                m.entry(&k.as_str(), &"<redacted>");
+            } else {
+                m.entry(&k.as_str(), v);
+            }
+        }
+        m.finish()
+    }
+}
+
+impl PropagatedContext {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Captures the configured headers present in `headers`.
+    pub fn from_headers(headers: &HeaderMap, config: &ContextConfig) -> Self {
+        let mut ctx = PropagatedContext::new();
+        for name in &config.names {
+            for v in headers.get_all(name) {
+                ctx.headers.append(name.clone(), v.clone());
+            }
+        }
+        ctx
+    }
+
+    /// Captures the configured headers of a record. A propagated header whose
+    /// value HTTP cannot carry is an error naming it.
+    pub fn from_raw_headers(raw: &RawHeaders, config: &ContextConfig) -> Result<Self, InvalidContextHeader> {
+        let mut ctx = PropagatedContext::new();
+        for h in raw.iter() {
+            let Some(name) = config.is_propagated(&h.key) else { continue };
+            let Some(value) = &h.value else { continue };
+            let value = HeaderValue::from_maybe_shared(value.clone()).map_err(|_| InvalidContextHeader {
+                name: name.as_str().to_owned(),
+            })?;
+            ctx.headers.append(name.clone(), value);
+        }
+        Ok(ctx)
+    }
+
+    /// Sets `name` to `value`, refusing values HTTP forbids.
+    pub fn insert(&mut self, name: HeaderName, value: &str) -> Result<(), InvalidContextHeader> {
+        let value = HeaderValue::from_str(value).map_err(|_| InvalidContextHeader {
+            name: name.as_str().to_owned(),
+        })?;
+        self.headers.insert(name, value);
+        Ok(())
+    }
+
+    /// The value of `name`, if the context has it.
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+
+    /// The context's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Whether the context holds no header.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// `X-Correlation-Id`, when present and visible ASCII.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.headers.get(CORRELATION_ID).and_then(|v| v.to_str().ok())
+    }
+
+    /// `X-Traceability-Id`, when present and visible ASCII.
+    pub fn traceability_id(&self) -> Option<&str> {
+        self.headers.get(TRACEABILITY_ID).and_then(|v| v.to_str().ok())
+    }
+
+    /// `traceparent`, when present.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Authorization` header, when present. Never log it.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.headers.get(AUTHORIZATION)
+    }
+
+    /// Generates a correlation id (UUID v4) if there is none; returns it.
+    pub fn ensure_correlation_id(&mut self) -> &str {
+        if self.correlation_id().is_none() {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            self.headers.insert(
+                CORRELATION_ID,
+                HeaderValue::from_str(&id).expect("a UUID is a valid header value"),
+            );
+        }
+        self.correlation_id().expect("just ensured")
+    }
+
+    /// Writes the context into `headers`.
+    pub fn inject(&self, headers: &mut HeaderMap, mode: InjectMode) {
+        for name in self.headers.keys() {
+            if mode == InjectMode::KeepExisting && headers.contains_key(name) {
+                continue;
+            }
+            headers.remove(name);
+            for v in self.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    }
+
+    /// Writes the context into a record's raw headers.
+    pub fn inject_raw(&self, raw: &mut RawHeaders, mode: InjectMode) {
+        let mut out: Vec<RawHeader> = Vec::with_capacity(raw.len() + self.headers.len());
+        let names: Vec<&HeaderName> = self.headers.keys().collect();
+        let existing = |n: &HeaderName| raw.contains_name_ignore_case(n.as_str().as_bytes());
+        let skip: Vec<bool> = names.iter().map(|n| mode == InjectMode::KeepExisting && existing(n)).collect();
+        for h in raw.iter() {
+            let replaced = mode == InjectMode::Overwrite
+                && names.iter().any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes()));
+            if !replaced {
+                out.push(h.clone());
+            }
+        }
+        for (name, skip) in names.iter().zip(skip) {
+            if skip {
+                continue;
+            }
+            for v in self.headers.get_all(*name) {
+                out.push(RawHeader::new(
+                    Bytes::copy_from_slice(name.as_str().as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                ));
+            }
+        }
+        *raw = out.into();
+    }
+
+    /// The context of the current task, if one is in scope.
+    pub fn current() -> Option<PropagatedContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `fut` with this context as the task-local current context.
+    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
+        CURRENT.scope(self, fut)
+    }
+
+    /// Wraps `fut` so that it runs with the *current* context, if any; use it
+    /// for futures given to `tokio::spawn`.
+    pub fn in_current<F: Future>(fut: F) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
+        CURRENT.scope(Self::current().unwrap_or_default(), fut)
+    }
+}
+
+/// Captures the [`PropagatedContext`] of inbound requests: into the request
+/// extensions and the task-local scope of the inner service's future. A
+/// missing correlation id is generated and also set on the request.
+///
+/// A request built from a record whose propagated header HTTP cannot carry
+/// is answered `400` with a [`Refusal`] (`context` / `invalid_header`), so
+/// the consumer dead-letters it.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureContextLayer {
+    config: Arc<ContextConfig>,
+}
+
+impl CaptureContextLayer {
+    /// Captures the default headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Captures per `config`.
+    pub fn with_config(config: ContextConfig) -> Self {
+        CaptureContextLayer { config: Arc::new(config) }
+    }
+}
+
+impl<S> Layer<S> for CaptureContextLayer {
+    type Service = CaptureContext<S>;
+    fn layer(&self, inner: S) -> CaptureContext<S> {
+        CaptureContext {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service of [`CaptureContextLayer`].
+#[derive(Debug, Clone)]
+pub struct CaptureContext<S> {
+    inner: S,
+    config: Arc<ContextConfig>,
+}
+
+impl<S> CaptureContext<S> {
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> Self {
+        CaptureContextLayer::new().layer(inner)
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Captures the context of `req` (validating record headers), generating a
+/// correlation id if configured; the request gets the id and the extension.
+pub(crate) fn capture<B>(req: &mut Request<B>, config: &ContextConfig) -> Result<PropagatedContext, InvalidContextHeader> {
+    let mut ctx = match req.extensions().get::<RawHeaders>() {
+        Some(raw) => PropagatedContext::from_raw_headers(raw, config)?,
+        None => PropagatedContext::from_headers(req.headers(), config),
+    };
+    if config.generate_correlation_id && ctx.correlation_id().is_none() {
+        let id = ctx.ensure_correlation_id().to_owned();
+        req.headers_mut()
+            .insert(CORRELATION_ID, HeaderValue::from_str(&id).expect("UUID"));
+    }
+    req.extensions_mut().insert(ctx.clone());
+    Ok(ctx)
+}
+
+impl<S, B, ResBody> Service<Request<B>> for CaptureContext<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = CaptureFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match capture(&mut req, &self.config) {
+            Ok(ctx) => CaptureFuture {
+                kind: Kind::Inner {
+                    fut: ctx.scope(self.inner.call(req)),
+                },
+            },
+            Err(bad) => {
+                let mut res = Response::new(ResBody::default());
+                *res.status_mut() = StatusCode::BAD_REQUEST;
+                res.extensions_mut()
+                    .insert(Refusal::new("context", "invalid_header", bad.to_string()));
+                CaptureFuture {
+                    kind: Kind::Refused { res: Some(res) },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CaptureContext`].
+    pub struct CaptureFuture<F, ResBody> {
+        #[pin]
+        kind: Kind<F, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, ResBody> {
+        Inner { #[pin] fut: tokio::task::futures::TaskLocalFuture<PropagatedContext, F> },
+        Refused { res: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody, E> Future for CaptureFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { fut } => fut.poll(cx),
+            KindProj::Refused { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
+        }
+    }
+}
+
+/// Injects the current [`PropagatedContext`] — from the request extensions,
+/// else the task-local scope — into outgoing requests: to the producer
+/// service (record headers) or to an HTTP client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InjectContextLayer {
+    mode: InjectMode,
+}
+
+impl InjectContextLayer {
+    /// Injects without overwriting headers the caller set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Injects with the given mode.
+    pub fn with_mode(mode: InjectMode) -> Self {
+        InjectContextLayer { mode }
+    }
+}
+
+impl<S> Layer<S> for InjectContextLayer {
+    type Service = InjectContext<S>;
+    fn layer(&self, inner: S) -> InjectContext<S> {
+        InjectContext { inner, mode: self.mode }
+    }
+}
+
+/// The service of [`InjectContextLayer`].
+#[derive(Debug, Clone)]
+pub struct InjectContext<S> {
+    inner: S,
+    mode: InjectMode,
+}
+
+impl<S> InjectContext<S> {
+    /// Wraps `inner`, keeping headers the caller set.
+    pub fn new(inner: S) -> Self {
+        InjectContextLayer::new().layer(inner)
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for InjectContext<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let ctx = req
+            .extensions()
+            .get::<PropagatedContext>()
+            .cloned()
+            .or_else(PropagatedContext::current);
+        if let Some(ctx) = ctx {
+            ctx.inject(req.headers_mut(), self.mode);
+            if self.mode == InjectMode::Overwrite {
+                if let Some(raw) = req.extensions_mut().get_mut::<RawHeaders>() {
+                    // The raw headers would win over the HeaderMap when the
+                    // request becomes a record: let the context win instead.
+                    let mut kept = RawHeaders::with_capacity(raw.len());
+                    for h in raw.iter() {
+                        if !ctx.headers().keys().any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes())) {
+                            kept.push(h.clone());
+                        }
+                    }
+                    *raw = kept;
+                }
+            }
+        }
+        self.inner.call(req)
+    }
+}

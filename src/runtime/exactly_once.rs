@@ -1,0 +1,508 @@
+//! Exactly-once consume-transform-produce: [`Consumer::serve_exactly_once`].
+//!
+//! The consumer reads a batch (at most `max_batch` records or `max_delay`),
+//! opens a Kafka transaction, serves every record (partitions in parallel,
+//! each partition in order), and then, in that one transaction, produces
+//! the records each handler put into its [`Outbox`], the dead letters of
+//! the batch, and the batch's consumed offsets (`send_offsets_to_transaction`).
+//! Committing the transaction makes all of it visible at once to
+//! `read_committed` consumers. If anything fails the transaction is
+//! aborted, the partitions are rewound to the start of the batch and the
+//! batch is served again; a process killed mid-batch leaves an open
+//! transaction that the broker aborts when the restarted instance (same
+//! `transactional_id`) initialises. So each input's outputs appear exactly
+//! once downstream.
+//!
+//! What is *not* exactly-once: side effects of the handler other than the
+//! outbox (an HTTP call, a database write) happen once per attempt; make
+//! them idempotent.
+//!
+//! ```no_run
+//! use kafka_tower::runtime::{ExactlyOnce, Outbox, ProducerConfig};
+//! use kafka_tower::{Consumer, OutgoingRecord, RecordBody};
+//! use tower::service_fn;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = service_fn(|req: http::Request<RecordBody>| async move {
+//!     let outbox = req.extensions().get::<Outbox>().expect("set in exactly-once mode").clone();
+//!     let payload = req.into_body().into_payload();
+//!     outbox.send(OutgoingRecord { topic: "orders-enriched".into(), payload, ..Default::default() });
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! });
+//! let mut producer = ProducerConfig::new("127.0.0.1:9092");
+//! producer.transactional_id = Some("enricher-0".into());
+//! Consumer::builder()
+//!     .bootstrap_servers("127.0.0.1:9092")
+//!     .group_id("enricher")
+//!     .topics(["orders"])
+//!     .build()?
+//!     .serve_exactly_once(service, ExactlyOnce::new(producer), std::future::pending())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use http::{Request, Response};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use super::config::{ConsumerConfig, ProducerConfig};
+use super::consumer::{Consumer, ConsumerError};
+use super::dead_letter::provenance_headers;
+use super::lane::{serve_attempts, Attempted, LaneShared};
+use super::native::to_consumed_record;
+use super::transactions::{TransactionError, TransactionalProducer};
+use crate::context::{InjectMode, PropagatedContext};
+use crate::{BoxError, ConsumedRecord, OutgoingRecord, RecordBody};
+
+/// Records a handler produces in exactly-once mode. A request extension:
+/// what is sent to it is produced in the batch's transaction if, and only
+/// if, the attempt that sent it succeeds (a `2xx`); records of failed
+/// attempts are discarded, so retries never duplicate outputs.
+#[derive(Clone, Debug, Default)]
+pub struct Outbox {
+    records: Arc<Mutex<Vec<OutgoingRecord>>>,
+}
+
+impl Outbox {
+    /// Stages `record`, with the current [`PropagatedContext`] injected into
+    /// its headers (headers already set win).
+    pub fn send(&self, mut record: OutgoingRecord) {
+        if let Some(ctx) = PropagatedContext::current() {
+            ctx.inject_raw(&mut record.headers, InjectMode::KeepExisting);
+        }
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    }
+
+    /// How many records are staged.
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take(&self) -> Vec<OutgoingRecord> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Settings of [`Consumer::serve_exactly_once`].
+#[derive(Debug, Clone)]
+pub struct ExactlyOnce {
+    /// The transactional producer; `transactional_id` is required and must
+    /// be stable per instance.
+    pub producer: ProducerConfig,
+    /// Records per transaction, at most.
+    pub max_batch: usize,
+    /// How long a batch may wait to fill.
+    pub max_delay: Duration,
+}
+
+impl ExactlyOnce {
+    /// Batches of up to 500 records or 100 ms.
+    pub fn new(producer: ProducerConfig) -> Self {
+        ExactlyOnce {
+            producer,
+            max_batch: 500,
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Default)]
+struct EosContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for EosContext {}
+
+impl ConsumerContext for EosContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Rebalances happen only inside `poll`, between transactions: there
+        // is nothing in flight to drain, only the batch being gathered.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            r.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+        }
+    }
+}
+
+enum BatchError {
+    /// The transaction was aborted; serve the batch again.
+    Retry(String),
+    /// The producer or consumer cannot go on.
+    Fatal(String),
+}
+
+impl From<TransactionError> for BatchError {
+    fn from(e: TransactionError) -> Self {
+        match e {
+            TransactionError::Fenced(_) | TransactionError::Fatal(_) | TransactionError::Config(_) => {
+                BatchError::Fatal(e.to_string())
+            }
+            other => BatchError::Retry(other.to_string()),
+        }
+    }
+}
+
+impl Consumer {
+    /// Serves records exactly-once: see [`exactly_once`](super::exactly_once).
+    ///
+    /// The consumer reads with `isolation.level=read_committed` unless
+    /// configured otherwise. Ordering is per partition; `max_in_flight`
+    /// bounds the partitions served at once.
+    pub async fn serve_exactly_once<S, ResBody, F>(
+        self,
+        service: S,
+        settings: ExactlyOnce,
+        shutdown: F,
+    ) -> Result<(), ConsumerError>
+    where
+        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Into<BoxError>,
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let config = self.config().clone();
+        let stats = self.stats();
+        let producer = TransactionalProducer::new(settings.producer.clone())
+            .await
+            .map_err(|e| ConsumerError::new("cannot start the transactional producer", e))?;
+        let (events, _unused) = std::sync::mpsc::channel();
+        let shared = Arc::new(LaneShared {
+            group: config.group_id.as_str().into(),
+            retry: config.retry.clone(),
+            ordering: config.ordering,
+            lookahead: 1,
+            max_error_len: config.dead_letter.max_error_len,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            events,
+            dead_letter: None,
+            stats: stats.clone(),
+            context: if config.context.capture {
+                Some(config.context.to_context_config().map_err(ConsumerError::config)?)
+            } else {
+                None
+            },
+        });
+
+        let mut cc = ClientConfig::new();
+        cc.set("isolation.level", "read_committed");
+        for (k, v) in &config.properties {
+            cc.set(k, &v.0);
+        }
+        cc.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: BaseConsumer<EosContext> = cc
+            .create_with_context(EosContext::default())
+            .map_err(|e| ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e))?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| ConsumerError::new("cannot subscribe", e))?;
+
+        let handle = tokio::runtime::Handle::current();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let thread_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("kafka-tower-eos".into())
+            .spawn(move || {
+                let mut run = EosRun {
+                    consumer: &consumer,
+                    producer,
+                    service,
+                    shared,
+                    handle,
+                    config,
+                    settings,
+                };
+                let result = run.run(&thread_stop);
+                drop(run);
+                drop(consumer);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| ConsumerError::new("cannot start the poll thread", e))?;
+        let panicked = || ConsumerError::message("the poll thread panicked");
+        tokio::select! {
+            () = shutdown => {
+                stop.store(true, Relaxed);
+                (&mut done_rx).await.unwrap_or_else(|_| Err(panicked()))
+            }
+            r = &mut done_rx => r.unwrap_or_else(|_| Err(panicked())),
+        }
+    }
+}
+
+struct EosRun<'c, S> {
+    consumer: &'c BaseConsumer<EosContext>,
+    producer: TransactionalProducer,
+    service: S,
+    shared: Arc<LaneShared>,
+    handle: tokio::runtime::Handle,
+    config: ConsumerConfig,
+    settings: ExactlyOnce,
+}
+
+type Partition = (Arc<str>, i32);
+
+impl<S, ResBody> EosRun<'_, S>
+where
+    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), ConsumerError> {
+        let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+        while !stop.load(Relaxed) {
+            let batch = self.gather(stop, &mut topics)?;
+            if batch.is_empty() {
+                continue;
+            }
+            match self.handle.block_on(self.process(&batch)) {
+                Ok(()) => {}
+                Err(BatchError::Fatal(m)) => {
+                    return Err(ConsumerError::message(format!("exactly-once processing stopped: {m}")))
+                }
+                Err(BatchError::Retry(m)) => {
+                    // Seek back: the next gather reads the batch again.
+                    tracing::warn!(error = %m, records = batch.len(), "transaction aborted: rewinding the batch");
+                    self.rewind(&batch);
+                }
+            }
+        }
+        tracing::info!("exactly-once consumer stopped");
+        Ok(())
+    }
+
+    /// Reads up to `max_batch` records, waiting at most `max_delay` once the
+    /// first arrived.
+    fn gather(
+        &self,
+        stop: &AtomicBool,
+        topics: &mut HashMap<String, Arc<str>>,
+    ) -> Result<Vec<ConsumedRecord>, ConsumerError> {
+        let mut batch = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        while batch.len() < self.settings.max_batch && !stop.load(Relaxed) {
+            let timeout = match first_at {
+                None => Duration::from_millis(100),
+                Some(t) => {
+                    let left = self.settings.max_delay.saturating_sub(t.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    left
+                }
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(msg)) => {
+                    let topic = match topics.get(msg.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = msg.topic().into();
+                            topics.insert(msg.topic().to_owned(), t.clone());
+                            t
+                        }
+                    };
+                    batch.push(to_consumed_record(&msg, topic));
+                    first_at.get_or_insert_with(Instant::now);
+                }
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    return Err(ConsumerError::new("fatal consumer error", KafkaError::MessageConsumptionFatal(code)));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None if first_at.is_some() => break,
+                None => {}
+            }
+            let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+            if !revoked.is_empty() {
+                batch.retain(|r: &ConsumedRecord| !revoked.iter().any(|(t, p)| **t == *r.topic && *p == r.partition));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// One transaction: serve, produce outputs and dead letters, add offsets,
+    /// commit.
+    async fn process(&self, batch: &[ConsumedRecord]) -> Result<(), BatchError> {
+        self.producer.begin()?;
+        let result = self.serve_and_send(batch).await;
+        match result {
+            Ok(()) => {
+                self.producer.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                if self.producer.in_transaction() {
+                    if let Err(abort) = self.producer.abort().await {
+                        return Err(abort.into());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn serve_and_send(&self, batch: &[ConsumedRecord]) -> Result<(), BatchError> {
+        // Group by partition, keeping offset order.
+        let mut order: Vec<Partition> = Vec::new();
+        let mut by_partition: HashMap<Partition, Vec<ConsumedRecord>> = HashMap::new();
+        for r in batch {
+            let tp = (r.topic.clone(), r.partition);
+            by_partition
+                .entry(tp.clone())
+                .or_insert_with(|| {
+                    order.push(tp);
+                    Vec::new()
+                })
+                .push(r.clone());
+        }
+        let cancel = CancellationToken::new();
+        let tasks: Vec<_> = order
+            .iter()
+            .map(|tp| {
+                let records = by_partition.remove(tp).unwrap_or_default();
+                let shared = self.shared.clone();
+                let service = self.service.clone();
+                let cancel = cancel.clone();
+                let dlq = self.config.dead_letter.clone();
+                let service_id = self.config.service_id.clone();
+                self.handle.spawn(async move {
+                    let _permit = shared.in_flight.acquire().await;
+                    serve_partition(&shared, service, records, &cancel, &dlq, &service_id).await
+                })
+            })
+            .collect();
+        let mut outputs = Vec::new();
+        for t in join_all(tasks).await {
+            match t {
+                Ok(Ok(out)) => outputs.extend(out),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(BatchError::Retry(format!("a partition task failed: {e}"))),
+            }
+        }
+        for r in join_all(outputs.iter().map(|o| self.producer.send(o))).await {
+            r?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &order {
+            let last = batch
+                .iter()
+                .filter(|r| r.topic == *topic && r.partition == *partition)
+                .map(|r| r.offset)
+                .max()
+                .expect("partition has records");
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(last + 1))
+                .map_err(|e| BatchError::Fatal(e.to_string()))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| BatchError::Fatal("no consumer group metadata".into()))?;
+        self.producer.send_offsets(tpl, group).await?;
+        Ok(())
+    }
+
+    /// Seeks every partition of `batch` back to its first record.
+    fn rewind(&self, batch: &[ConsumedRecord]) {
+        let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        for r in batch {
+            let e = first.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
+            *e = (*e).min(r.offset);
+        }
+        for ((topic, partition), offset) in first {
+            if let Err(e) = self
+                .consumer
+                .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+            {
+                tracing::warn!(error = %e, "cannot rewind {topic}[{partition}] to {offset}: it will be re-read from the committed offset");
+            }
+        }
+    }
+}
+
+/// Serves one partition's records in order; returns the outputs of every
+/// successful record and the dead letters of failed ones.
+async fn serve_partition<S, ResBody>(
+    shared: &LaneShared,
+    service: S,
+    records: Vec<ConsumedRecord>,
+    cancel: &CancellationToken,
+    dlq: &super::config::DeadLetterPolicy,
+    service_id: &str,
+) -> Result<Vec<OutgoingRecord>, BatchError>
+where
+    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let mut outputs = Vec::new();
+    let Some(first) = records.first() else {
+        return Ok(outputs);
+    };
+    let uri = crate::mapping::topic_uri(&first.topic);
+    for record in &records {
+        let mut outbox = Outbox::default();
+        let attempted = serve_attempts(shared, service.clone(), record, uri.clone(), cancel, |req| {
+            outbox = Outbox::default();
+            req.extensions_mut().insert(outbox.clone());
+        })
+        .await;
+        match attempted {
+            Attempted::Succeeded => outputs.extend(outbox.take()),
+            Attempted::Cancelled => return Err(BatchError::Retry("cancelled".into())),
+            Attempted::Failed { failure, attempts } => match dlq.topic_for(&record.topic) {
+                Some(topic) => {
+                    shared.stats.dead_lettered.fetch_add(1, Relaxed);
+                    outputs.push(OutgoingRecord {
+                        topic,
+                        partition: None,
+                        key: record.key.clone(),
+                        payload: record.payload.clone(),
+                        headers: provenance_headers(
+                            record,
+                            &failure,
+                            attempts,
+                            &shared.group,
+                            service_id,
+                            dlq.max_error_len,
+                        ),
+                        timestamp: None,
+                    });
+                }
+                None => {
+                    shared.stats.skipped.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        error = %failure.message, "record failed and dead-lettering is disabled: skipped"
+                    );
+                }
+            },
+        }
+    }
+    Ok(outputs)
+}

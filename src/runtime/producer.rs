@@ -1,0 +1,375 @@
+//! [`Producer`]: producing is a `tower::Service` over `http::Request` too.
+//!
+//! The request's path names the topic (`/<topic>`), the body is the
+//! payload (`DELETE` with an empty body produces a tombstone), headers become
+//! record headers — the [`RawHeaders`](crate::RawHeaders) extension wins where
+//! present, so a forwarded record is byte-exact — and the key, partition and
+//! timestamp come from an [`OutgoingRecord`] or [`RecordMeta`](crate::RecordMeta)
+//! extension (see [`OutgoingRecord::from_parts`]). The response is the
+//! broker's acknowledgement, a [`Delivery`].
+//!
+//! Because it is a `Service`, tower layers apply to producing unchanged:
+//! timeouts, retries, rate limits, `SetRequestHeader`, and
+//! [`InjectContextLayer`](crate::context::InjectContextLayer), which puts the
+//! caller's JWT, correlation id and trace context into the record headers.
+//!
+//! ```no_run
+//! use kafka_tower::context::InjectContextLayer;
+//! use kafka_tower::runtime::{Producer, ProducerConfig};
+//! use tower::{Layer, ServiceExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092"))?;
+//! let producer = InjectContextLayer::new().layer(producer);
+//! let req = http::Request::post("/orders")
+//!     .header("content-type", "application/json")
+//!     .extension(kafka_tower::OutgoingRecord { key: Some("order-7".into()), ..Default::default() })
+//!     .body(String::from(r#"{"total":10}"#))?;
+//! let delivery = producer.oneshot(req).await?;
+//! println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::{Method, Request};
+use http_body_util::BodyExt as _;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use tower::Service;
+
+use super::config::ProducerConfig;
+use super::native::write_headers;
+use crate::context::DEFAULT_HEADERS;
+use crate::mapping::{is_valid_topic_name, MappingError};
+use crate::{BoxError, OutgoingRecord};
+
+/// Where the broker stored a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset within the partition.
+    pub offset: i64,
+}
+
+/// Why a record was not produced. Nothing was sent unless the variant says
+/// the broker refused it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// The configuration is unusable (names the property).
+    Config(String),
+    /// The request path does not name a legal topic.
+    InvalidTopic(String),
+    /// A propagated header (Authorization, correlation id, trace context …)
+    /// has a value HTTP forbids (CR, LF, NUL, …): refused, not altered.
+    InvalidHeader {
+        /// The header name.
+        name: String,
+    },
+    /// The payload is larger than the producer's `message.max.bytes`.
+    MessageTooLarge {
+        /// The record's size in bytes (payload, or payload so far).
+        size: usize,
+        /// The producer's `message.max.bytes`.
+        limit: usize,
+    },
+    /// The topic does not exist (and the broker does not create it).
+    UnknownTopic(String),
+    /// The request body could not be read.
+    Body(BoxError),
+    /// librdkafka or the broker refused the record.
+    Kafka(KafkaError),
+}
+
+impl fmt::Display for ProduceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProduceError::Config(m) => write!(f, "invalid producer configuration: {m}"),
+            ProduceError::InvalidTopic(t) => write!(f, "invalid topic: {t}"),
+            ProduceError::InvalidHeader { name } => write!(
+                f,
+                "header `{name}` has a value HTTP forbids (CR, LF, NUL or another control byte); nothing was sent"
+            ),
+            ProduceError::MessageTooLarge { size, limit } => write!(
+                f,
+                "record of {size} bytes exceeds the producer's message.max.bytes of {limit} bytes; nothing was sent"
+            ),
+            ProduceError::UnknownTopic(t) => write!(f, "topic {t:?} does not exist; nothing was sent"),
+            ProduceError::Body(e) => write!(f, "cannot read the request body: {e}"),
+            ProduceError::Kafka(e) => write!(f, "Kafka refused the record: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProduceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProduceError::Body(e) => Some(&**e),
+            ProduceError::Kafka(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<MappingError> for ProduceError {
+    fn from(e: MappingError) -> Self {
+        ProduceError::InvalidTopic(e.to_string())
+    }
+}
+
+/// Produces records; a cheap-to-clone handle (the librdkafka producer is
+/// shared). See the [module docs](self).
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    producer: FutureProducer,
+    max_message_bytes: usize,
+    check_topics: bool,
+    send_timeout: Duration,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").field("max_message_bytes", &self.inner.max_message_bytes).finish()
+    }
+}
+
+impl Producer {
+    /// A producer for `config` (idempotent unless configured otherwise).
+    pub fn new(config: ProducerConfig) -> Result<Producer, ProduceError> {
+        config.validate().map_err(|e| ProduceError::Config(e.to_string()))?;
+        let producer: FutureProducer = config
+            .client_config()
+            .create()
+            .map_err(|e| ProduceError::Config(e.to_string()))?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                producer,
+                max_message_bytes: config.max_message_bytes(),
+                check_topics: config.check_topics,
+                send_timeout: config.send_timeout,
+                known_topics: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The underlying rdkafka producer.
+    pub fn rdkafka(&self) -> &FutureProducer {
+        &self.inner.producer
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement.
+    pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, ProduceError> {
+        validate_record(&record, self.inner.max_message_bytes)?;
+        if self.inner.check_topics {
+            self.ensure_topic(&record.topic).await?;
+        }
+        send_with(&self.inner.producer, &record, self.inner.send_timeout).await
+    }
+
+    /// Waits until every queued record is delivered (or `timeout` passes).
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
+        self.inner.producer.flush(timeout).map_err(ProduceError::Kafka)
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<(), ProduceError> {
+        if self.inner.known_topics.lock().unwrap_or_else(|p| p.into_inner()).contains(topic) {
+            return Ok(());
+        }
+        let producer = self.inner.producer.clone();
+        let t = topic.to_owned();
+        let exists = tokio::task::spawn_blocking(move || topic_exists(&producer, &t))
+            .await
+            .map_err(|e| ProduceError::Config(format!("metadata lookup failed: {e}")))??;
+        if !exists {
+            return Err(ProduceError::UnknownTopic(topic.to_owned()));
+        }
+        self.inner
+            .known_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned());
+        Ok(())
+    }
+}
+
+fn topic_exists<C: rdkafka::ClientContext>(
+    producer: &rdkafka::producer::FutureProducer<C>,
+    topic: &str,
+) -> Result<bool, ProduceError> {
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(ProduceError::Kafka)?;
+    Ok(md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
+/// Checks a record before anything is sent: topic name, propagated header
+/// values, size.
+pub(crate) fn validate_record(record: &OutgoingRecord, max_message_bytes: usize) -> Result<(), ProduceError> {
+    if !is_valid_topic_name(&record.topic) {
+        return Err(ProduceError::InvalidTopic(format!(
+            "{:?} is not a legal topic name (1-249 characters of [a-zA-Z0-9._-])",
+            record.topic
+        )));
+    }
+    for h in record.headers.iter() {
+        let propagated = DEFAULT_HEADERS
+            .iter()
+            .any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        if propagated {
+            if let Some(v) = &h.value {
+                if http::HeaderValue::from_bytes(v).is_err() {
+                    return Err(ProduceError::InvalidHeader {
+                        name: String::from_utf8_lossy(&h.key).into_owned(),
+                    });
+                }
+            }
+        }
+    }
+    let size = record.payload.as_ref().map_or(0, |p| p.len()) + record.key.as_ref().map_or(0, |k| k.len());
+    if size > max_message_bytes {
+        return Err(ProduceError::MessageTooLarge {
+            size,
+            limit: max_message_bytes,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) async fn send_with<C>(
+    producer: &FutureProducer<C>,
+    record: &OutgoingRecord,
+    queue_timeout: Duration,
+) -> Result<Delivery, ProduceError>
+where
+    C: rdkafka::ClientContext + 'static,
+{
+    let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic).headers(write_headers(&record.headers));
+    if let Some(k) = &record.key {
+        fr = fr.key(&k[..]);
+    }
+    if let Some(p) = &record.payload {
+        fr = fr.payload(&p[..]);
+    }
+    if let Some(p) = record.partition {
+        fr = fr.partition(p);
+    }
+    if let Some(t) = record.timestamp {
+        fr = fr.timestamp(t);
+    }
+    match producer.send(fr, queue_timeout).await {
+        Ok(d) => Ok(Delivery {
+            topic: record.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+        }),
+        Err((e, _)) => Err(match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge {
+                size: record.payload.as_ref().map_or(0, |p| p.len()),
+                limit: usize::MAX,
+            },
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                ProduceError::UnknownTopic(record.topic.clone())
+            }
+            _ => ProduceError::Kafka(e),
+        }),
+    }
+}
+
+/// Collects a request body, refusing it as soon as it exceeds `limit`.
+pub(crate) async fn collect_body<B>(body: B, limit: usize) -> Result<Bytes, ProduceError>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    let mut single: Option<Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProduceError::Body(e.into()))?;
+        if let Ok(mut data) = frame.into_data() {
+            let len = data.remaining();
+            let total = buf.len() + single.as_ref().map_or(0, |b| b.len()) + len;
+            if total > limit {
+                return Err(ProduceError::MessageTooLarge { size: total, limit });
+            }
+            if single.is_none() && buf.is_empty() {
+                single = Some(data.copy_to_bytes(len));
+            } else {
+                if let Some(first) = single.take() {
+                    buf.extend_from_slice(&first);
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    buf.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+        }
+    }
+    Ok(single.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Maps a request to a record: the body collected (up to the size limit),
+/// `DELETE` with an empty body as a tombstone.
+pub(crate) async fn request_to_record<B>(req: Request<B>, limit: usize) -> Result<OutgoingRecord, ProduceError>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let payload = collect_body(body, limit).await?;
+    let payload = if parts.method == Method::DELETE && payload.is_empty() {
+        None
+    } else {
+        Some(payload)
+    };
+    Ok(OutgoingRecord::from_parts(parts, payload)?)
+}
+
+impl<B> Service<Request<B>> for Producer
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Delivery;
+    type Error = ProduceError;
+    type Future = Pin<Box<dyn Future<Output = Result<Delivery, ProduceError>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProduceError>> {
+        // librdkafka queues internally; a full queue is waited on in `send`
+        // for at most `send_timeout`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let record = request_to_record(req, this.inner.max_message_bytes).await?;
+            this.send(record).await
+        })
+    }
+}

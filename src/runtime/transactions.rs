@@ -1,0 +1,395 @@
+//! Producing in Kafka transactions: [`TransactionalProducer`] (explicit
+//! `begin` / `send` / `commit` / `abort`, and atomic batches) and
+//! [`TransactionalQueue`] (records queued by many tasks, committed together
+//! every N records or T milliseconds).
+//!
+//! Transactions are what make a topic an event store: either every record
+//! of a batch becomes visible to `read_committed` consumers, or none does.
+//!
+//! ```no_run
+//! use kafka_tower::runtime::{ProducerConfig, TransactionalProducer};
+//! use kafka_tower::OutgoingRecord;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let mut config = ProducerConfig::new("127.0.0.1:9092");
+//! config.transactional_id = Some("billing-0".into());
+//! let producer = TransactionalProducer::new(config).await?;
+//! let events = vec![
+//!     OutgoingRecord { topic: "accounts".into(), key: Some("acc-1".into()), payload: Some("debited 10".into()), ..Default::default() },
+//!     OutgoingRecord { topic: "accounts".into(), key: Some("acc-2".into()), payload: Some("credited 10".into()), ..Default::default() },
+//! ];
+//! producer.send_batch(events).await?; // both or neither
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::ProducerConfig;
+use super::producer::{send_with, validate_record, Delivery, ProduceError};
+use crate::OutgoingRecord;
+
+/// Why a transactional operation failed, classified by what the caller can
+/// do about it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TransactionError {
+    /// The configuration is unusable (e.g. no `transactional_id`).
+    Config(String),
+    /// A record was refused before anything was sent.
+    Invalid(ProduceError),
+    /// The transaction failed and was aborted: none of its records is
+    /// visible to `read_committed` consumers. Retrying the batch is safe.
+    Aborted(String),
+    /// Another producer with the same `transactional.id` took over (or this
+    /// one's epoch expired): this instance must stop producing.
+    Fenced(String),
+    /// The producer hit a fatal error; a new producer must be created
+    /// ([`TransactionalProducer::recover`]).
+    Fatal(String),
+    /// The call was invalid in the current state (e.g. `commit` without
+    /// `begin`).
+    State(String),
+}
+
+impl fmt::Display for TransactionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransactionError::Config(m) => write!(f, "invalid transactional producer configuration: {m}"),
+            TransactionError::Invalid(e) => write!(f, "record refused before sending: {e}"),
+            TransactionError::Aborted(m) => write!(f, "transaction aborted, nothing committed: {m}"),
+            TransactionError::Fenced(m) => write!(f, "producer fenced by a newer instance with the same transactional.id: {m}"),
+            TransactionError::Fatal(m) => write!(f, "fatal producer error, the producer must be re-created: {m}"),
+            TransactionError::State(m) => write!(f, "invalid transaction state: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for TransactionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransactionError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced
+    )
+}
+
+/// Classifies a librdkafka error of a transactional call.
+fn classify(e: KafkaError) -> TransactionError {
+    let msg = e.to_string();
+    if let KafkaError::Transaction(err) = &e {
+        if is_fencing(err.code()) {
+            return TransactionError::Fenced(msg);
+        }
+        if err.is_fatal() {
+            return TransactionError::Fatal(msg);
+        }
+        if err.txn_requires_abort() {
+            return TransactionError::Aborted(msg);
+        }
+        if err.code() == RDKafkaErrorCode::State {
+            return TransactionError::State(msg);
+        }
+    }
+    if e.rdkafka_error_code().is_some_and(is_fencing) {
+        return TransactionError::Fenced(msg);
+    }
+    TransactionError::Aborted(msg)
+}
+
+/// A producer whose sends belong to Kafka transactions. See the
+/// [module docs](self).
+///
+/// One transaction at a time; the methods take `&self` so that records of
+/// the open transaction can be sent concurrently.
+pub struct TransactionalProducer {
+    producer: FutureProducer,
+    config: ProducerConfig,
+    max_message_bytes: usize,
+    timeout: Duration,
+    open: AtomicBool,
+}
+
+impl fmt::Debug for TransactionalProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionalProducer")
+            .field("transactional_id", &self.config.transactional_id)
+            .field("open", &self.open.load(SeqCst))
+            .finish()
+    }
+}
+
+impl TransactionalProducer {
+    /// Creates the producer and initialises transactions (which fences any
+    /// earlier instance with the same `transactional_id` and aborts its open
+    /// transaction).
+    pub async fn new(config: ProducerConfig) -> Result<Self, TransactionError> {
+        config.validate().map_err(|e| TransactionError::Config(e.to_string()))?;
+        if config.transactional_id.is_none() {
+            return Err(TransactionError::Config(
+                "`transactional_id` is required (stable per instance, e.g. \"<service>-<n>\")".into(),
+            ));
+        }
+        if !config.idempotence {
+            return Err(TransactionError::Config("transactions need `idempotence: true`".into()));
+        }
+        let producer: FutureProducer = config
+            .client_config()
+            .create()
+            .map_err(|e| TransactionError::Config(e.to_string()))?;
+        let timeout = Duration::from_secs(30);
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+            .await
+            .map_err(|e| TransactionError::Fatal(e.to_string()))?
+            .map_err(classify)?;
+        Ok(TransactionalProducer {
+            max_message_bytes: config.max_message_bytes(),
+            producer,
+            config,
+            timeout,
+            open: AtomicBool::new(false),
+        })
+    }
+
+    /// Replaces a producer that hit a fatal error with a fresh one (same
+    /// `transactional_id`).
+    pub async fn recover(self) -> Result<Self, TransactionError> {
+        let config = self.config.clone();
+        drop(self);
+        TransactionalProducer::new(config).await
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.open.load(SeqCst)
+    }
+
+    /// Begins a transaction.
+    pub fn begin(&self) -> Result<(), TransactionError> {
+        if self.open.swap(true, SeqCst) {
+            return Err(TransactionError::State("a transaction is already open".into()));
+        }
+        self.producer.begin_transaction().map_err(|e| {
+            self.open.store(false, SeqCst);
+            classify(e)
+        })
+    }
+
+    /// Sends a record in the open transaction; resolves when the broker has
+    /// it (it becomes visible only at [`TransactionalProducer::commit`]).
+    pub async fn send(&self, record: &OutgoingRecord) -> Result<Delivery, TransactionError> {
+        if !self.open.load(SeqCst) {
+            return Err(TransactionError::State("send outside a transaction: call begin first".into()));
+        }
+        validate_record(record, self.max_message_bytes).map_err(TransactionError::Invalid)?;
+        send_with(&self.producer, record, self.config.send_timeout)
+            .await
+            .map_err(|e| match e {
+                ProduceError::Kafka(k) => classify(k),
+                other => TransactionError::Aborted(other.to_string()),
+            })
+    }
+
+    /// Adds consumed offsets to the open transaction (consume-transform-produce).
+    pub(crate) async fn send_offsets(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<(), TransactionError> {
+        let p = self.producer.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || p.send_offsets_to_transaction(&offsets, &group, timeout))
+            .await
+            .map_err(|e| TransactionError::Fatal(e.to_string()))?
+            .map_err(classify)
+    }
+
+    /// Commits the open transaction. On an abortable error the transaction is
+    /// aborted and [`TransactionError::Aborted`] returned.
+    pub async fn commit(&self) -> Result<(), TransactionError> {
+        if !self.open.load(SeqCst) {
+            return Err(TransactionError::State("commit without an open transaction".into()));
+        }
+        let p = self.producer.clone();
+        let timeout = self.timeout;
+        let r = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
+            .await
+            .map_err(|e| TransactionError::Fatal(e.to_string()))?;
+        match r.map_err(classify) {
+            Ok(()) => {
+                self.open.store(false, SeqCst);
+                Ok(())
+            }
+            Err(TransactionError::Aborted(m)) => {
+                self.abort().await?;
+                Err(TransactionError::Aborted(m))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Aborts the open transaction: none of its records becomes visible.
+    pub async fn abort(&self) -> Result<(), TransactionError> {
+        if !self.open.load(SeqCst) {
+            return Err(TransactionError::State("abort without an open transaction".into()));
+        }
+        let p = self.producer.clone();
+        let timeout = self.timeout;
+        let r = tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
+            .await
+            .map_err(|e| TransactionError::Fatal(e.to_string()))?;
+        self.open.store(false, SeqCst);
+        r.map_err(classify)
+    }
+
+    /// Sends `records` atomically: begin, send all, commit. Every record is
+    /// validated first, so an invalid one sends nothing. On failure the
+    /// transaction is aborted and nothing is visible.
+    pub async fn send_batch(&self, records: Vec<OutgoingRecord>) -> Result<Vec<Delivery>, TransactionError> {
+        for r in &records {
+            validate_record(r, self.max_message_bytes).map_err(TransactionError::Invalid)?;
+        }
+        self.begin()?;
+        let results = join_all(records.iter().map(|r| self.send(r))).await;
+        let mut deliveries = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(d) => deliveries.push(d),
+                Err(e @ (TransactionError::Fenced(_) | TransactionError::Fatal(_))) => return Err(e),
+                Err(e) => {
+                    self.abort().await?;
+                    return Err(TransactionError::Aborted(e.to_string()));
+                }
+            }
+        }
+        self.commit().await?;
+        Ok(deliveries)
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Delivery, TransactionError>>;
+
+/// A queue that many tasks send records to; a background task commits them
+/// in one transaction per `max_records` records or `max_delay`, whichever
+/// comes first, and tells each sender when its record is committed (or why
+/// not). See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct TransactionalQueue {
+    tx: mpsc::Sender<(OutgoingRecord, Waiter)>,
+    closed: Arc<Mutex<Option<String>>>,
+}
+
+impl TransactionalQueue {
+    /// Starts the background task on the current tokio runtime. The queue
+    /// holds at most `capacity` waiting records (senders wait beyond that).
+    pub fn spawn(
+        producer: TransactionalProducer,
+        max_records: usize,
+        max_delay: Duration,
+        capacity: usize,
+    ) -> (TransactionalQueue, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let closed = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(drain_queue(producer, rx, max_records.max(1), max_delay, closed.clone()));
+        (TransactionalQueue { tx, closed }, task)
+    }
+
+    /// Queues `record` and waits until its transaction committed.
+    pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, TransactionError> {
+        let (done, wait) = oneshot::channel();
+        let closed = || {
+            let why = self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            TransactionError::Fenced(why.unwrap_or_else(|| "the queue is closed".into()))
+        };
+        self.tx.send((record, done)).await.map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())?
+    }
+}
+
+async fn drain_queue(
+    mut producer: TransactionalProducer,
+    mut rx: mpsc::Receiver<(OutgoingRecord, Waiter)>,
+    max_records: usize,
+    max_delay: Duration,
+    closed: Arc<Mutex<Option<String>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while batch.len() < max_records {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(item) => batch.push(item),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // Refuse invalid records individually; the rest go together.
+        let mut valid = Vec::with_capacity(batch.len());
+        for (record, waiter) in batch {
+            match validate_record(&record, producer.max_message_bytes) {
+                Ok(()) => valid.push((record, waiter)),
+                Err(e) => {
+                    let _ = waiter.send(Err(TransactionError::Invalid(e)));
+                }
+            }
+        }
+        if valid.is_empty() {
+            continue;
+        }
+        let (records, waiters): (Vec<_>, Vec<_>) = valid.into_iter().unzip();
+        match producer.send_batch(records).await {
+            Ok(deliveries) => {
+                for (w, d) in waiters.into_iter().zip(deliveries) {
+                    let _ = w.send(Ok(d));
+                }
+            }
+            Err(TransactionError::Fenced(m)) => {
+                tracing::error!(error = %m, "transactional queue fenced: closing");
+                *closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+                for w in waiters {
+                    let _ = w.send(Err(TransactionError::Fenced(m.clone())));
+                }
+                return;
+            }
+            Err(TransactionError::Fatal(m)) => {
+                for w in waiters {
+                    let _ = w.send(Err(TransactionError::Fatal(m.clone())));
+                }
+                tracing::warn!(error = %m, "fatal transactional producer error: re-initialising");
+                match producer.recover().await {
+                    Ok(p) => producer = p,
+                    Err(e) => {
+                        *closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let m = e.to_string();
+                for w in waiters {
+                    let _ = w.send(Err(TransactionError::Aborted(m.clone())));
+                }
+            }
+        }
+    }
+}
