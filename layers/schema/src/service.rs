@@ -1,0 +1,112 @@
+//! [`JsonSchema`], the service that validates each request's JSON body.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use kafka_tower::RecordMeta;
+use tower_service::Service;
+
+use crate::body::RefusalBody;
+use crate::future::ResponseFuture;
+use crate::layer::JsonSchemaLayer;
+
+/// Validates the body of each request against its topic's schema before
+/// the inner service sees it; see the [crate docs](crate).
+///
+/// The body is read (up to the configured limit), validated, and handed on
+/// as a fresh `ReqBody` built `From<Bytes>` — both `kafka_tower::RecordBody`
+/// and `axum::body::Body` are. Requests of topics without a schema and
+/// tombstones (`DELETE` with an empty body) pass through unread.
+#[derive(Clone, Debug)]
+pub struct JsonSchema<S> {
+    inner: S,
+    layer: JsonSchemaLayer,
+}
+
+impl<S> JsonSchema<S> {
+    /// Wraps `inner` with the schemas of `layer`.
+    pub fn new(inner: S, layer: JsonSchemaLayer) -> Self {
+        JsonSchema { inner, layer }
+    }
+
+    /// The layer that wraps services in `JsonSchema`: the identity, since
+    /// `JsonSchemaLayer` is the whole configuration (for symmetry with
+    /// tower-http's middleware).
+    pub fn layer(layer: JsonSchemaLayer) -> JsonSchemaLayer {
+        layer
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The topic of a request: [`RecordMeta::topic`] for a record, else the
+/// first segment of the URI path.
+pub(crate) fn topic_of<B>(req: &Request<B>) -> &str {
+    match req.extensions().get::<RecordMeta>() {
+        Some(meta) => meta.topic(),
+        None => req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or(""),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JsonSchema<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<RefusalBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let schemas = &self.layer.inner;
+        let topic = topic_of(&req);
+        let tombstone = req.method() == Method::DELETE && req.body().is_end_stream();
+        if !schemas.has(topic) || tombstone {
+            return ResponseFuture::call(self.inner.call(req));
+        }
+        let topic = topic.to_owned();
+        if req
+            .body()
+            .size_hint()
+            .lower()
+            .try_into()
+            .map_or(true, |n: usize| n > schemas.max_body_bytes)
+        {
+            return ResponseFuture::refused(schemas.refusal(schemas.too_large(&topic)));
+        }
+        // The ready service is used after the body is read; leave a clone.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
+        let collect = Limited::new(body, schemas.max_body_bytes).collect();
+        ResponseFuture::reading(collect, parts, service, self.layer.clone(), topic)
+    }
+}
