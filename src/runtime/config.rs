@@ -540,7 +540,16 @@ impl ConsumerConfig {
 /// file. Segments separated by `__` walk nested maps; after a `properties`
 /// or `producer_properties` segment the rest is a librdkafka property name
 /// (lower-cased, `_` → `.`); `topics` takes a comma-separated list.
-fn apply_env(root: &mut Value, rest: &str, raw: &str, fields: &[&str]) -> Result<(), String> {
+///
+/// Any other value goes in as a string; [`load`] retypes it as a number or
+/// boolean only if the field needs one, so that `KAFKA_TOWER_GROUP_ID=2024`
+/// is the group "2024". Returns the segments of the field set that way.
+fn apply_env(
+    root: &mut Value,
+    rest: &str,
+    raw: &str,
+    fields: &[&str],
+) -> Result<Option<Vec<String>>, String> {
     let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
     if segments.iter().any(String::is_empty) {
         return Err("empty name segment".into());
@@ -563,22 +572,21 @@ fn apply_env(root: &mut Value, rest: &str, raw: &str, fields: &[&str]) -> Result
                 .as_object_mut()
                 .ok_or_else(|| format!("`{seg}` is not a map"))?
                 .insert(prop, Value::String(raw.to_owned()));
-            return Ok(());
+            return Ok(None);
         }
         if last {
-            let value = if seg == "topics" {
-                Value::Array(
-                    raw.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| Value::String(s.to_owned()))
-                        .collect(),
-                )
-            } else {
-                scalar(raw)
-            };
-            obj.insert(seg.clone(), value);
-            return Ok(());
+            if seg == "topics" {
+                let topics = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect();
+                obj.insert(seg.clone(), Value::Array(topics));
+                return Ok(None);
+            }
+            obj.insert(seg.clone(), Value::String(raw.to_owned()));
+            return Ok(Some(segments));
         }
         node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()));
         i += 1;
@@ -598,21 +606,56 @@ pub(crate) fn load<T: serde::de::DeserializeOwned, K: AsRef<str>, V: AsRef<str>>
         value = Value::Object(Default::default());
     }
     let mut env_origin = None;
+    // (field segments, raw value, variable, retyped) of the scalar fields set
+    // by variables.
+    let mut from_env: Vec<(Vec<String>, String, String, bool)> = Vec::new();
     for (k, v) in env {
         let k = k.as_ref();
         let Some(rest) = k.strip_prefix(prefix) else {
             continue;
         };
-        apply_env(&mut value, rest, v.as_ref(), fields)
+        let set = apply_env(&mut value, rest, v.as_ref(), fields)
             .map_err(|msg| ConfigError::new(&format!("environment variable {k}"), None, msg))?;
+        if let Some(segments) = set {
+            from_env.retain(|(s, ..)| *s != segments);
+            from_env.push((segments, v.as_ref().to_owned(), k.to_owned(), false));
+        }
         env_origin.get_or_insert_with(|| format!("{origin} (with {prefix}* overrides)"));
     }
     let origin = env_origin.as_deref().unwrap_or(origin);
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    loop {
+        let e = match serde_path_to_error::deserialize(&value) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
         let path = e.path().to_string();
+        if let Some((segments, raw, name, retyped)) = from_env
+            .iter_mut()
+            .find(|(segments, ..)| segments.join(".") == path)
+        {
+            // A variable's value is a string unless the field wants a number
+            // or a boolean: retype it once and try again.
+            let typed = scalar(raw);
+            if !*retyped && !typed.is_string() {
+                *retyped = true;
+                let slot = segments
+                    .iter()
+                    .try_fold(&mut value, |node, seg| node.get_mut(seg.as_str()))
+                    .expect("set by apply_env");
+                *slot = typed;
+                continue;
+            }
+            // The variable's own field is wrong (unknown, or a bad value):
+            // name the variable.
+            return Err(ConfigError::new(
+                &format!("environment variable {name}"),
+                Some(path),
+                e.into_inner().to_string(),
+            ));
+        }
         let key = (path != ".").then_some(path);
-        ConfigError::new(origin, key, e.into_inner().to_string())
-    })
+        return Err(ConfigError::new(origin, key, e.into_inner().to_string()));
+    }
 }
 
 /// Reads a `.yml` / `.yaml` / `.toml` file into a JSON value.
@@ -639,7 +682,18 @@ pub(crate) fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError>
 }
 
 pub(crate) fn parse_toml(text: &str, origin: &str) -> Result<Value, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::new(origin, None, format!("invalid TOML: {e}")))
+    // Not `{e}`: toml's Display quotes the offending line, which may hold a
+    // secret.
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        let message = e.message().trim_end().replace('\n', "; ");
+        ConfigError::new(origin, None, format!("invalid TOML{at}: {message}"))
+    })
 }
 
 /// Numbers and booleans as such, anything else as a string.
