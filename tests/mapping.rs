@@ -1,0 +1,549 @@
+//! Broker-free tests of the record ⇄ request mapping (`kafka_tower::mapping`)
+//! and of `RecordBody` as an `http_body::Body`.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body::Body as _;
+use kafka_tower::mapping::{is_valid_topic_name, topic_from_path, topic_uri};
+use kafka_tower::{
+    ConsumedRecord, MappingError, OutgoingRecord, RawHeader, RawHeaders, RecordBody, RecordMeta,
+    TimestampType,
+};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------
+// Oracles, written from RFC 9110 rather than from the `http` crate, so that
+// the mapping is checked against the definition and not against itself.
+// ---------------------------------------------------------------------------
+
+/// `tchar` of RFC 9110 §5.6.2, lower-case letters only (names are compared
+/// after lower-casing).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether the lower-cased `key` is a valid HTTP header name.
+fn is_http_name(key: &[u8]) -> bool {
+    !key.is_empty() && key.iter().all(|b| is_tchar(b.to_ascii_lowercase()))
+}
+
+/// Whether `value` is a valid `HeaderValue`: visible ASCII, SP, HTAB and
+/// obs-text; no other control byte (CR, LF, NUL, DEL, ...).
+fn is_http_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The `HeaderMap` view the mapping must produce: the representable raw
+/// headers, names lower-cased, in record order.
+fn expected_header_view(headers: &RawHeaders) -> Vec<(String, Bytes)> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let value = h.value.as_ref()?;
+            (is_http_name(&h.key) && is_http_value(value)).then(|| {
+                let name = String::from_utf8(h.key.to_ascii_lowercase()).expect("tchar is ASCII");
+                (name, value.clone())
+            })
+        })
+        .collect()
+}
+
+fn assert_header_view(req: &Request<RecordBody>, raw: &RawHeaders) {
+    let expected = expected_header_view(raw);
+    let map = req.headers();
+    assert_eq!(
+        map.len(),
+        expected.len(),
+        "HeaderMap size for {raw:?}: {map:?}"
+    );
+    let names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let actual_names: BTreeSet<&str> = map.keys().map(HeaderName::as_str).collect();
+    assert_eq!(actual_names, names, "HeaderMap names for {raw:?}");
+    for name in names {
+        let want: Vec<&[u8]> = expected
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
+            .collect();
+        let got: Vec<&[u8]> = map
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(got, want, "values of {name:?} for {raw:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------
+
+fn topic() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9._-]{1,40}".prop_filter("`.` and `..` are not topics", |t| t != "." && t != "..")
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
+}
+
+/// A few header names, re-cased at random so that duplicates, duplicates
+/// differing only in case, and the same name as a valid and an invalid
+/// header all occur often.
+fn header_key() -> impl Strategy<Value = Bytes> {
+    let pooled = (
+        prop::sample::select(vec![
+            "x-trace",
+            "content-type",
+            "a",
+            "kt-id",
+            "x_under",
+            "bad name",
+            "é-utf8",
+        ]),
+        any::<u64>(),
+    )
+        .prop_map(|(name, mask)| {
+            let recased: Vec<u8> = name
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| {
+                    if mask >> (i % 64) & 1 == 1 {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            Bytes::from(recased)
+        });
+    prop_oneof![
+        4 => pooled,
+        2 => "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}".prop_map(Bytes::from),
+        2 => bytes(12),
+        1 => Just(Bytes::new()),
+    ]
+}
+
+fn header_value() -> impl Strategy<Value = Option<Bytes>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Bytes::new())),
+        3 => "[ -~\t]{0,24}".prop_map(|s| Some(Bytes::from(s))),
+        3 => bytes(24).prop_map(Some),
+        1 => "[a-z]{0,4}[\r\n\x00\x7f][a-z]{0,4}".prop_map(|s| Some(Bytes::from(s))),
+    ]
+}
+
+fn headers() -> impl Strategy<Value = RawHeaders> {
+    prop::collection::vec((header_key(), header_value()), 0..=50).prop_map(|v| {
+        v.into_iter()
+            .map(|(key, value)| RawHeader { key, value })
+            .collect()
+    })
+}
+
+fn payload() -> impl Strategy<Value = Option<Bytes>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Bytes::new())),
+        4 => bytes(512).prop_map(Some),
+    ]
+}
+
+fn timestamp_type() -> impl Strategy<Value = TimestampType> {
+    prop::sample::select(vec![
+        TimestampType::NotAvailable,
+        TimestampType::CreateTime,
+        TimestampType::LogAppendTime,
+    ])
+}
+
+prop_compose! {
+    fn record()(
+        topic in topic(),
+        partition in any::<i32>(),
+        offset in 0..i64::MAX,
+        timestamp in prop::option::of(any::<i64>()),
+        timestamp_type in timestamp_type(),
+        key in prop::option::of(bytes(32)),
+        payload in payload(),
+        headers in headers(),
+    ) -> ConsumedRecord {
+        ConsumedRecord::builder(topic, partition, offset)
+            .timestamp(timestamp, timestamp_type)
+            .key(key)
+            .payload(payload)
+            .headers(headers)
+            .build()
+    }
+}
+
+fn group() -> impl Strategy<Value = Option<Arc<str>>> {
+    prop::option::of("[a-z0-9-]{1,20}".prop_map(Arc::<str>::from))
+}
+
+// ---------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// record → request → record gives back topic, key, payload (tombstone
+    /// vs empty), timestamp and every header byte for byte, in order.
+    #[test]
+    fn record_request_record_is_lossless(record in record(), group in group(), attempt in 1..10u32) {
+        let req = record.clone().into_request(group, attempt);
+        let out = OutgoingRecord::from_record_request(req).expect("a valid topic maps back");
+        prop_assert_eq!(&out.topic, &*record.topic);
+        prop_assert_eq!(&out.key, &record.key);
+        prop_assert_eq!(&out.payload, &record.payload);
+        prop_assert_eq!(out.timestamp, record.timestamp);
+        prop_assert_eq!(&out.headers, &record.headers);
+        prop_assert_eq!(out.partition, None, "a forwarded record lets the partitioner choose");
+    }
+
+    /// The request view: method, path, body, `HeaderMap`, `RawHeaders` and
+    /// `RecordMeta`.
+    #[test]
+    fn request_view_of_a_record(record in record(), group in group(), attempt in 1..10u32) {
+        let req = record.clone().into_request(group.clone(), attempt);
+
+        let tombstone = record.payload.is_none();
+        prop_assert_eq!(req.method() == Method::DELETE, tombstone);
+        prop_assert_eq!(req.method() == Method::POST, !tombstone);
+        prop_assert_eq!(req.uri().path(), format!("/{}", record.topic));
+        prop_assert_eq!(req.uri().query(), None);
+        prop_assert_eq!(req.body().is_tombstone(), tombstone);
+        prop_assert_eq!(req.body().payload(), record.payload.as_ref());
+
+        assert_header_view(&req, &record.headers);
+        prop_assert_eq!(req.extensions().get::<RawHeaders>(), Some(&record.headers));
+
+        let meta = req.extensions().get::<RecordMeta>().expect("RecordMeta extension");
+        prop_assert_eq!(meta.topic(), &*record.topic);
+        prop_assert_eq!(meta.partition(), record.partition);
+        prop_assert_eq!(meta.offset(), record.offset);
+        prop_assert_eq!(meta.timestamp(), record.timestamp);
+        prop_assert_eq!(meta.timestamp_type(), record.timestamp_type);
+        prop_assert_eq!(meta.key(), record.key.as_ref());
+        prop_assert_eq!(meta.group(), group.as_deref());
+        prop_assert_eq!(meta.attempt(), attempt);
+        prop_assert_eq!(meta, &record.meta(group, attempt));
+    }
+
+    /// `RecordBody` streams exactly the payload, once, as announced by
+    /// `size_hint`.
+    #[test]
+    fn record_body_yields_payload_once(payload in payload()) {
+        let mut body = RecordBody::new(payload.clone());
+        let len = payload.as_ref().map_or(0, |p| p.len() as u64);
+        prop_assert_eq!(body.size_hint().exact(), Some(len));
+        prop_assert_eq!(body.is_end_stream(), len == 0);
+        prop_assert_eq!(body.is_tombstone(), payload.is_none());
+        let frames = poll_all(&mut body);
+        let expected: Vec<Bytes> = payload.into_iter().filter(|p| !p.is_empty()).collect();
+        prop_assert_eq!(frames, expected);
+        prop_assert!(body.is_end_stream());
+        prop_assert_eq!(body.size_hint().exact(), Some(0));
+    }
+}
+
+/// Polls `body` to its end with a no-op waker (`RecordBody` is always ready)
+/// and returns its data frames.
+fn poll_all(body: &mut RecordBody) -> Vec<Bytes> {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut frames = Vec::new();
+    loop {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frames.push(frame.into_data().expect("data frame")),
+            Poll::Ready(Some(Err(e))) => match e {},
+            Poll::Ready(None) => break,
+            Poll::Pending => panic!("RecordBody is never pending"),
+        }
+        assert!(frames.len() <= 1, "the payload is yielded once");
+    }
+    // Polling past the end keeps answering "no more frames".
+    assert!(matches!(
+        Pin::new(&mut *body).poll_frame(&mut cx),
+        Poll::Ready(None)
+    ));
+    frames
+}
+
+// ---------------------------------------------------------------------------
+// Examples
+// ---------------------------------------------------------------------------
+
+fn record_with_headers() -> ConsumedRecord {
+    ConsumedRecord::builder("orders", 2, 17)
+        .key(Some(Bytes::from_static(b"order-7")))
+        .payload(Some(Bytes::from_static(b"{\"total\":10}")))
+        .timestamp(Some(1_700_000_000_000), TimestampType::CreateTime)
+        .header(RawHeader::new(&b"X-Trace"[..], &b"t-1"[..]))
+        .header(RawHeader::null(&b"kt-null"[..]))
+        .header(RawHeader::new(&b"\xff\xfe"[..], &b"\x00binary"[..]))
+        .build()
+}
+
+/// A layer that adds headers after the mapping: new names are appended after
+/// the raw headers, in order; names the raw headers already have (compared
+/// case-insensitively, null values included) are not duplicated.
+#[tokio::test]
+async fn layer_added_headers_are_appended_after_raw_headers() {
+    use tower::{ServiceBuilder, ServiceExt as _};
+    use tower_http::set_header::SetRequestHeaderLayer;
+
+    let record = record_with_headers();
+    let service = ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::appending(
+            HeaderName::from_static("x-added"),
+            HeaderValue::from_static("one"),
+        ))
+        .layer(SetRequestHeaderLayer::appending(
+            HeaderName::from_static("x-added"),
+            HeaderValue::from_static("two"),
+        ))
+        // Already a raw header (as `X-Trace`): must not be duplicated.
+        .layer(SetRequestHeaderLayer::appending(
+            HeaderName::from_static("x-trace"),
+            HeaderValue::from_static("from-layer"),
+        ))
+        // A raw header with a null value: still present, not duplicated.
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_static("kt-null"),
+            HeaderValue::from_static("now-set"),
+        ))
+        // The innermost service maps the request back, as a forwarding or
+        // dead-lettering service would, and hands the record out in the
+        // response extensions.
+        .service_fn(|req: Request<RecordBody>| async move {
+            let mut res = http::Response::new(());
+            res.extensions_mut()
+                .insert(OutgoingRecord::from_record_request(req));
+            Ok::<_, Infallible>(res)
+        });
+
+    let res = service
+        .oneshot(record.clone().into_request(Some("g".into()), 1))
+        .await
+        .unwrap();
+    let out = res
+        .extensions()
+        .get::<Result<OutgoingRecord, MappingError>>()
+        .cloned()
+        .expect("set by the service")
+        .expect("a valid topic");
+
+    let mut expected: Vec<RawHeader> = record.headers.iter().cloned().collect();
+    expected.push(RawHeader::new(&b"x-added"[..], &b"one"[..]));
+    expected.push(RawHeader::new(&b"x-added"[..], &b"two"[..]));
+    assert_eq!(out.headers, RawHeaders::from(expected));
+    assert_eq!(out.topic, "orders");
+    assert_eq!(out.key, record.key);
+    assert_eq!(out.payload, record.payload);
+    assert_eq!(out.timestamp, record.timestamp);
+}
+
+/// Without `RawHeaders` (a plain HTTP request) the `HeaderMap` is the
+/// header source, and key and timestamp come from an `OutgoingRecord`
+/// extension.
+#[test]
+fn request_without_raw_headers_uses_header_map_and_explicit_extension() {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/payments?ignored=1")
+        .header("x-a", "1")
+        .header("x-b", "2")
+        .header("x-a", "3")
+        .body(RecordBody::from(Bytes::from_static(b"p")))
+        .unwrap();
+    req.extensions_mut().insert(OutgoingRecord {
+        partition: Some(4),
+        key: Some(Bytes::from_static(b"k")),
+        timestamp: Some(99),
+        ..Default::default()
+    });
+    let out = OutgoingRecord::from_record_request(req).unwrap();
+    assert_eq!(out.topic, "payments");
+    assert_eq!(out.partition, Some(4));
+    assert_eq!(out.key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(out.timestamp, Some(99));
+    assert_eq!(out.payload.as_deref(), Some(&b"p"[..]));
+    let headers: Vec<(&[u8], Option<&[u8]>)> = out
+        .headers
+        .iter()
+        .map(|h| (h.key.as_ref(), h.value.as_deref()))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            (&b"x-a"[..], Some(&b"1"[..])),
+            (&b"x-a"[..], Some(&b"3"[..])),
+            (&b"x-b"[..], Some(&b"2"[..])),
+        ]
+    );
+}
+
+#[test]
+fn invalid_topic_path_is_a_mapping_error() {
+    let long = format!("/{}", "a".repeat(250));
+    for path in [
+        "/",
+        "/a/b",
+        "/..",
+        "/.",
+        "/with%20space",
+        "/caf%C3%A9",
+        long.as_str(),
+    ] {
+        let req = Request::builder()
+            .uri(path)
+            .body(RecordBody::tombstone())
+            .unwrap();
+        let err = OutgoingRecord::from_record_request(req).unwrap_err();
+        assert_eq!(
+            err,
+            MappingError::InvalidTopic(path.to_owned()),
+            "path {path}"
+        );
+        assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
+    }
+    // 249 characters is still a topic.
+    let max = "a".repeat(249);
+    let req = Request::builder()
+        .uri(format!("/{max}"))
+        .body(RecordBody::tombstone())
+        .unwrap();
+    assert_eq!(OutgoingRecord::from_record_request(req).unwrap().topic, max);
+}
+
+/// A record whose topic Kafka would refuse maps to `/`, not to a panic, and
+/// back to an error rather than to some other topic.
+#[test]
+fn record_with_illegal_topic_does_not_map_back() {
+    for topic in ["bad topic", "a/b", "", "..", "t?x", "t#x", "t%20x"] {
+        assert!(!is_valid_topic_name(topic));
+        assert_eq!(topic_uri(topic), "/", "{topic:?}");
+        let req = ConsumedRecord::builder(topic, 0, 0)
+            .build()
+            .into_request(None, 1);
+        let err = OutgoingRecord::from_record_request(req).unwrap_err();
+        assert!(
+            matches!(err, MappingError::InvalidTopic(_)),
+            "{topic:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn topic_from_path_accepts_only_slash_topic() {
+    assert_eq!(topic_from_path("/orders.v2_x-1"), Some("orders.v2_x-1"));
+    assert_eq!(topic_from_path("orders"), None);
+    assert_eq!(topic_from_path("/orders/"), None);
+    assert_eq!(topic_from_path(""), None);
+}
+
+#[test]
+fn tombstone_and_empty_payload_are_distinct() {
+    let tomb = ConsumedRecord::builder("t", 0, 1).payload(None).build();
+    let empty = ConsumedRecord::builder("t", 0, 2)
+        .payload(Some(Bytes::new()))
+        .build();
+
+    let req = tomb.into_request(None, 1);
+    assert_eq!(req.method(), Method::DELETE);
+    assert!(req.body().is_tombstone());
+    assert!(req.body().is_end_stream());
+    assert_eq!(
+        OutgoingRecord::from_record_request(req).unwrap().payload,
+        None
+    );
+
+    let req = empty.into_request(None, 1);
+    assert_eq!(req.method(), Method::POST);
+    assert!(!req.body().is_tombstone());
+    assert!(req.body().is_end_stream());
+    assert_eq!(req.body().size_hint().exact(), Some(0));
+    assert_eq!(
+        OutgoingRecord::from_record_request(req).unwrap().payload,
+        Some(Bytes::new())
+    );
+}
+
+#[test]
+fn record_body_size_hint_and_end_of_stream() {
+    let body = RecordBody::new(Some(Bytes::from_static(b"hello")));
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert!(!body.is_end_stream());
+    assert!(!body.is_tombstone());
+
+    let tomb = RecordBody::tombstone();
+    assert!(tomb.is_tombstone());
+    assert!(tomb.is_end_stream());
+    assert_eq!(tomb.size_hint().exact(), Some(0));
+    assert_eq!(tomb.payload(), None);
+}
+
+#[cfg(feature = "runtime")] // http-body-util comes with the runtime feature
+#[tokio::test]
+async fn record_body_collects_with_body_ext() {
+    use http_body_util::BodyExt as _;
+
+    let payload = Bytes::from_static(b"\x00\xffnot utf-8 \xc3");
+    let collected = RecordBody::new(Some(payload.clone()))
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(collected.to_bytes(), payload);
+
+    let mut body = RecordBody::new(Some(payload.clone()));
+    let frame = body.frame().await.expect("one frame").unwrap();
+    assert_eq!(frame.into_data().unwrap(), payload);
+    assert!(body.frame().await.is_none(), "the payload is yielded once");
+
+    for empty in [RecordBody::tombstone(), RecordBody::new(Some(Bytes::new()))] {
+        assert!(empty.collect().await.unwrap().to_bytes().is_empty());
+    }
+}
+
+/// The `HeaderMap` view on a hand-picked record: valid names lower-cased,
+/// duplicates kept in order, null, control-byte and non-token headers left
+/// out (but still in `RawHeaders`).
+#[test]
+fn header_map_view_examples() {
+    let record = ConsumedRecord::builder("t", 0, 0)
+        .payload(Some(Bytes::from_static(b"x")))
+        .header(RawHeader::new(&b"X-Dup"[..], &b"1"[..]))
+        .header(RawHeader::new(&b"x-dup"[..], &b"2"[..]))
+        .header(RawHeader::null(&b"x-null"[..]))
+        .header(RawHeader::new(&b"x-crlf"[..], &b"a\r\nb"[..]))
+        .header(RawHeader::new(&b"bad name"[..], &b"v"[..]))
+        .header(RawHeader::new(&b""[..], &b"v"[..]))
+        .header(RawHeader::new(&b"x-obs"[..], &b"caf\xc3\xa9"[..]))
+        .header(RawHeader::new(&b"X-DUP"[..], &b""[..]))
+        .build();
+    let req = record.clone().into_request(None, 1);
+    let dup: Vec<&[u8]> = req
+        .headers()
+        .get_all("x-dup")
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(dup, [&b"1"[..], b"2", b""]);
+    assert_eq!(req.headers()["x-obs"].as_bytes(), b"caf\xc3\xa9");
+    assert!(!req.headers().contains_key("x-null"));
+    assert!(!req.headers().contains_key("x-crlf"));
+    assert_eq!(req.headers().len(), 4);
+    assert_eq!(req.extensions().get::<RawHeaders>().unwrap().len(), 8);
+    assert_header_view(&req, &record.headers);
+}
