@@ -137,7 +137,9 @@ impl ContextConfig {
     }
 
     fn is_propagated(&self, key: &[u8]) -> Option<&HeaderName> {
-        self.names.iter().find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(key))
+        self.names
+            .iter()
+            .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(key))
     }
 }
 
@@ -219,13 +221,20 @@ impl PropagatedContext {
 
     /// Captures the configured headers of a record. A propagated header whose
     /// value HTTP cannot carry is an error naming it.
-    pub fn from_raw_headers(raw: &RawHeaders, config: &ContextConfig) -> Result<Self, InvalidContextHeader> {
+    pub fn from_raw_headers(
+        raw: &RawHeaders,
+        config: &ContextConfig,
+    ) -> Result<Self, InvalidContextHeader> {
         let mut ctx = PropagatedContext::new();
         for h in raw.iter() {
-            let Some(name) = config.is_propagated(&h.key) else { continue };
+            let Some(name) = config.is_propagated(&h.key) else {
+                continue;
+            };
             let Some(value) = &h.value else { continue };
-            let value = HeaderValue::from_maybe_shared(value.clone()).map_err(|_| InvalidContextHeader {
-                name: name.as_str().to_owned(),
+            let value = HeaderValue::from_maybe_shared(value.clone()).map_err(|_| {
+                InvalidContextHeader {
+                    name: name.as_str().to_owned(),
+                }
             })?;
             ctx.headers.append(name.clone(), value);
         }
@@ -258,12 +267,16 @@ impl PropagatedContext {
 
     /// `X-Correlation-Id`, when present and visible ASCII.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.headers.get(CORRELATION_ID).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(CORRELATION_ID)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// `X-Traceability-Id`, when present and visible ASCII.
     pub fn traceability_id(&self) -> Option<&str> {
-        self.headers.get(TRACEABILITY_ID).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(TRACEABILITY_ID)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// `traceparent`, when present.
@@ -306,10 +319,15 @@ impl PropagatedContext {
         let mut out: Vec<RawHeader> = Vec::with_capacity(raw.len() + self.headers.len());
         let names: Vec<&HeaderName> = self.headers.keys().collect();
         let existing = |n: &HeaderName| raw.contains_name_ignore_case(n.as_str().as_bytes());
-        let skip: Vec<bool> = names.iter().map(|n| mode == InjectMode::KeepExisting && existing(n)).collect();
+        let skip: Vec<bool> = names
+            .iter()
+            .map(|n| mode == InjectMode::KeepExisting && existing(n))
+            .collect();
         for h in raw.iter() {
             let replaced = mode == InjectMode::Overwrite
-                && names.iter().any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes()));
+                && names
+                    .iter()
+                    .any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes()));
             if !replaced {
                 out.push(h.clone());
             }
@@ -334,13 +352,18 @@ impl PropagatedContext {
     }
 
     /// Runs `fut` with this context as the task-local current context.
-    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
+    pub fn scope<F: Future>(
+        self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
         CURRENT.scope(self, fut)
     }
 
     /// Wraps `fut` so that it runs with the *current* context, if any; use it
     /// for futures given to `tokio::spawn`.
-    pub fn in_current<F: Future>(fut: F) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
+    pub fn in_current<F: Future>(
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<PropagatedContext, F> {
         CURRENT.scope(Self::current().unwrap_or_default(), fut)
     }
 }
@@ -365,7 +388,9 @@ impl CaptureContextLayer {
 
     /// Captures per `config`.
     pub fn with_config(config: ContextConfig) -> Self {
-        CaptureContextLayer { config: Arc::new(config) }
+        CaptureContextLayer {
+            config: Arc::new(config),
+        }
     }
 }
 
@@ -407,7 +432,10 @@ impl<S> CaptureContext<S> {
 
 /// Captures the context of `req` (validating record headers), generating a
 /// correlation id if configured; the request gets the id and the extension.
-pub(crate) fn capture<B>(req: &mut Request<B>, config: &ContextConfig) -> Result<PropagatedContext, InvalidContextHeader> {
+pub(crate) fn capture<B>(
+    req: &mut Request<B>,
+    config: &ContextConfig,
+) -> Result<PropagatedContext, InvalidContextHeader> {
     let mut ctx = match req.extensions().get::<RawHeaders>() {
         Some(raw) => PropagatedContext::from_raw_headers(raw, config)?,
         None => PropagatedContext::from_headers(req.headers(), config),
@@ -445,8 +473,11 @@ where
             Err(bad) => {
                 let mut res = Response::new(ResBody::default());
                 *res.status_mut() = StatusCode::BAD_REQUEST;
-                res.extensions_mut()
-                    .insert(Refusal::new("context", "invalid_header", bad.to_string()));
+                res.extensions_mut().insert(Refusal::new(
+                    "context",
+                    "invalid_header",
+                    bad.to_string(),
+                ));
                 CaptureFuture {
                     kind: Kind::Refused { res: Some(res) },
                 }
@@ -479,7 +510,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Inner { fut } => fut.poll(cx),
-            KindProj::Refused { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
+            KindProj::Refused { res } => {
+                Poll::Ready(Ok(res.take().expect("polled after completion")))
+            }
         }
     }
 }
@@ -507,7 +540,10 @@ impl InjectContextLayer {
 impl<S> Layer<S> for InjectContextLayer {
     type Service = InjectContext<S>;
     fn layer(&self, inner: S) -> InjectContext<S> {
-        InjectContext { inner, mode: self.mode }
+        InjectContext {
+            inner,
+            mode: self.mode,
+        }
     }
 }
 
@@ -564,7 +600,11 @@ where
                     // request becomes a record: let the context win instead.
                     let mut kept = RawHeaders::with_capacity(raw.len());
                     for h in raw.iter() {
-                        if !ctx.headers().keys().any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes())) {
+                        if !ctx
+                            .headers()
+                            .keys()
+                            .any(|n| h.key.eq_ignore_ascii_case(n.as_str().as_bytes()))
+                        {
                             kept.push(h.clone());
                         }
                     }

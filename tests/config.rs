@@ -926,3 +926,30 @@ fn dead_letter_topic_for() {
     };
     assert_eq!(disabled_with_topic.topic_for("orders"), None);
 }
+
+#[test]
+fn producer_acks_may_be_a_bare_number_in_a_file() {
+    use kafka_tower::runtime::ProducerConfig;
+    let no_env: [(&str, &str); 0] = [];
+    let c = ProducerConfig::from_yaml_str(
+        "acks: 1\nproperties:\n  bootstrap.servers: b:9092\n",
+        "producer.yml",
+        no_env,
+    )
+    .expect("acks: 1 is valid");
+    assert_eq!(c.acks.as_deref(), Some("1"));
+    let err = ProducerConfig::from_yaml_str(
+        "acks: 2\nproperties:\n  bootstrap.servers: b:9092\n",
+        "producer.yml",
+        no_env,
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("acks"));
+    let err = ProducerConfig::from_yaml_str(
+        "ack: 1\nproperties:\n  bootstrap.servers: b:9092\n",
+        "producer.yml",
+        no_env,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("ack"), "{err}");
+}

@@ -249,7 +249,8 @@ impl Default for ContextSettings {
 impl ContextSettings {
     /// The [`ContextConfig`](crate::context::ContextConfig) these settings describe.
     pub fn to_context_config(&self) -> Result<crate::context::ContextConfig, String> {
-        let mut c = crate::context::ContextConfig::new().generate_correlation_id(self.generate_correlation_id);
+        let mut c = crate::context::ContextConfig::new()
+            .generate_correlation_id(self.generate_correlation_id);
         for name in &self.extra_headers {
             let n = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("{name:?} is not a valid header name"))?;
@@ -431,12 +432,18 @@ impl ConsumerConfig {
         Self::from_value(parse_toml(text, origin)?, origin, env)
     }
 
-    fn from_value<K, V>(value: Value, origin: &str, env: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
+    fn from_value<K, V>(
+        value: Value,
+        origin: &str,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError>
     where
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let env = env.into_iter().filter(|(k, _)| !k.as_ref().starts_with(PRODUCER_ENV_PREFIX));
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| !k.as_ref().starts_with(PRODUCER_ENV_PREFIX));
         let config: ConsumerConfig = load(value, origin, env, ENV_PREFIX, CONSUMER_FIELDS)?;
         config.validate_in(origin)?;
         Ok(config)
@@ -555,7 +562,10 @@ fn apply_env(
         return Err("empty name segment".into());
     }
     if !fields.contains(&segments[0].as_str()) {
-        return Err(format!("`{}` names no configuration field", segments.join(".")));
+        return Err(format!(
+            "`{}` names no configuration field",
+            segments.join(".")
+        ));
     }
     let mut node = root;
     let mut i = 0;
@@ -567,7 +577,9 @@ fn apply_env(
         let last = i + 1 == segments.len();
         if (seg == "properties" || seg == "producer_properties") && !last {
             let prop = segments[i + 1..].join("_").replace('_', ".");
-            let props = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()));
+            let props = obj
+                .entry(seg.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
             props
                 .as_object_mut()
                 .ok_or_else(|| format!("`{seg}` is not a map"))?
@@ -588,7 +600,9 @@ fn apply_env(
             obj.insert(seg.clone(), Value::String(raw.to_owned()));
             return Ok(Some(segments));
         }
-        node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()));
+        node = obj
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
         i += 1;
     }
 }
@@ -678,7 +692,8 @@ pub(crate) fn read_file(path: &Path) -> Result<(Value, String), ConfigError> {
 }
 
 pub(crate) fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::new(origin, None, format!("invalid YAML: {e}")))
+    serde_yaml::from_str(text)
+        .map_err(|e| ConfigError::new(origin, None, format!("invalid YAML: {e}")))
 }
 
 pub(crate) fn parse_toml(text: &str, origin: &str) -> Result<Value, ConfigError> {
@@ -841,8 +856,8 @@ const PRODUCER_FIELDS: &[&str] = &[
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProducerConfig {
-    /// `acks`: `0`, `1` or `all` (default `all`).
-    #[serde(default)]
+    /// `acks`: `0`, `1` or `all` (default `all`); a number or a string.
+    #[serde(default, deserialize_with = "optional_scalar_string")]
     pub acks: Option<String>,
     /// `linger.ms`: how long to wait to fill a batch.
     #[serde(default, with = "humantime_serde")]
@@ -917,14 +932,17 @@ impl ProducerConfig {
     /// A configuration for `bootstrap_servers` with defaults.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         let mut c = ProducerConfig::default();
-        c.properties
-            .insert("bootstrap.servers".into(), PropertyValue(bootstrap_servers.into()));
+        c.properties.insert(
+            "bootstrap.servers".into(),
+            PropertyValue(bootstrap_servers.into()),
+        );
         c
     }
 
     /// Sets a librdkafka property.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.properties.insert(key.into(), PropertyValue(value.into()));
+        self.properties
+            .insert(key.into(), PropertyValue(value.into()));
         self
     }
 
@@ -940,7 +958,8 @@ impl ProducerConfig {
         env: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
         let (value, origin) = read_file(path.as_ref())?;
-        let config: ProducerConfig = load(value, &origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
+        let config: ProducerConfig =
+            load(value, &origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
         config.validate_in(&origin)?;
         Ok(config)
     }
@@ -951,7 +970,13 @@ impl ProducerConfig {
         origin: &str,
         env: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let config: ProducerConfig = load(parse_yaml(text, origin)?, origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
+        let config: ProducerConfig = load(
+            parse_yaml(text, origin)?,
+            origin,
+            env,
+            PRODUCER_ENV_PREFIX,
+            PRODUCER_FIELDS,
+        )?;
         config.validate_in(origin)?;
         Ok(config)
     }
@@ -973,10 +998,17 @@ impl ProducerConfig {
         }
         if let Some(c) = &self.compression {
             if !matches!(c.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
-                return err("compression", format!("must be none, gzip, snappy, lz4 or zstd, got {c:?}"));
+                return err(
+                    "compression",
+                    format!("must be none, gzip, snappy, lz4 or zstd, got {c:?}"),
+                );
             }
         }
-        if self.transactional_id.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if self
+            .transactional_id
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             return err("transactional_id", "must not be empty".into());
         }
         Ok(())
@@ -986,7 +1018,10 @@ impl ProducerConfig {
     /// (so a property set explicitly wins).
     pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
         let mut cc = rdkafka::ClientConfig::new();
-        cc.set("enable.idempotence", if self.idempotence { "true" } else { "false" });
+        cc.set(
+            "enable.idempotence",
+            if self.idempotence { "true" } else { "false" },
+        );
         cc.set("acks", self.acks.as_deref().unwrap_or("all"));
         if let Some(l) = self.linger {
             cc.set("linger.ms", l.as_millis().to_string());
@@ -1013,4 +1048,9 @@ impl ProducerConfig {
             .and_then(|v| v.0.parse().ok())
             .unwrap_or(1_000_000)
     }
+}
+
+/// An optional string that files may also write as a bare number or boolean.
+fn optional_scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<PropertyValue>::deserialize(d).map(|v| v.map(|p| p.0))
 }

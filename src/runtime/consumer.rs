@@ -171,7 +171,9 @@ impl ConsumerError {
     }
 
     pub(crate) fn config(message: String) -> Self {
-        ConsumerError::message(format!("invalid configuration: `context.extra_headers`: {message}"))
+        ConsumerError::message(format!(
+            "invalid configuration: `context.extra_headers`: {message}"
+        ))
     }
 }
 
@@ -272,10 +274,15 @@ impl Consumer {
             dead_letter,
             stats: stats.clone(),
             context: if config.context.capture {
-                Some(config.context.to_context_config().map_err(|m| ConsumerError {
-                    message: format!("invalid configuration: `context.extra_headers`: {m}"),
-                    source: None,
-                })?)
+                Some(
+                    config
+                        .context
+                        .to_context_config()
+                        .map_err(|m| ConsumerError {
+                            message: format!("invalid configuration: `context.extra_headers`: {m}"),
+                            source: None,
+                        })?,
+                )
             } else {
                 None
             },

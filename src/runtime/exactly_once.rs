@@ -81,7 +81,10 @@ impl Outbox {
         if let Some(ctx) = PropagatedContext::current() {
             ctx.inject_raw(&mut record.headers, InjectMode::KeepExisting);
         }
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 
     /// How many records are staged.
@@ -135,7 +138,11 @@ impl ConsumerContext for EosContext {
         // is nothing in flight to drain, only the batch being gathered.
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            r.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+            r.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
         }
     }
 }
@@ -150,9 +157,9 @@ enum BatchError {
 impl From<TransactionError> for BatchError {
     fn from(e: TransactionError) -> Self {
         match e {
-            TransactionError::Fenced(_) | TransactionError::Fatal(_) | TransactionError::Config(_) => {
-                BatchError::Fatal(e.to_string())
-            }
+            TransactionError::Fenced(_)
+            | TransactionError::Fatal(_)
+            | TransactionError::Config(_) => BatchError::Fatal(e.to_string()),
             other => BatchError::Retry(other.to_string()),
         }
     }
@@ -196,7 +203,12 @@ impl Consumer {
             dead_letter: None,
             stats: stats.clone(),
             context: if config.context.capture {
-                Some(config.context.to_context_config().map_err(ConsumerError::config)?)
+                Some(
+                    config
+                        .context
+                        .to_context_config()
+                        .map_err(ConsumerError::config)?,
+                )
             } else {
                 None
             },
@@ -210,9 +222,10 @@ impl Consumer {
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer<EosContext> = cc
-            .create_with_context(EosContext::default())
-            .map_err(|e| ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e))?;
+        let consumer: BaseConsumer<EosContext> =
+            cc.create_with_context(EosContext::default()).map_err(|e| {
+                ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
+            })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -282,7 +295,9 @@ where
             match self.handle.block_on(self.process(&batch)) {
                 Ok(()) => {}
                 Err(BatchError::Fatal(m)) => {
-                    return Err(ConsumerError::message(format!("exactly-once processing stopped: {m}")))
+                    return Err(ConsumerError::message(format!(
+                        "exactly-once processing stopped: {m}"
+                    )))
                 }
                 Err(BatchError::Retry(m)) => {
                     // Seek back: the next gather reads the batch again.
@@ -329,15 +344,29 @@ where
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                    return Err(ConsumerError::new("fatal consumer error", KafkaError::MessageConsumptionFatal(code)));
+                    return Err(ConsumerError::new(
+                        "fatal consumer error",
+                        KafkaError::MessageConsumptionFatal(code),
+                    ));
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None if first_at.is_some() => break,
                 None => {}
             }
-            let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+            let revoked = std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             if !revoked.is_empty() {
-                batch.retain(|r: &ConsumedRecord| !revoked.iter().any(|(t, p)| **t == *r.topic && *p == r.partition));
+                batch.retain(|r: &ConsumedRecord| {
+                    !revoked
+                        .iter()
+                        .any(|(t, p)| **t == *r.topic && *p == r.partition)
+                });
             }
         }
         Ok(batch)
@@ -428,14 +457,18 @@ where
     fn rewind(&self, batch: &[ConsumedRecord]) {
         let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         for r in batch {
-            let e = first.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
+            let e = first
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset);
             *e = (*e).min(r.offset);
         }
         for ((topic, partition), offset) in first {
-            if let Err(e) = self
-                .consumer
-                .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
-            {
+            if let Err(e) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
                 tracing::warn!(error = %e, "cannot rewind {topic}[{partition}] to {offset}: it will be re-read from the committed offset");
             }
         }
@@ -467,10 +500,17 @@ where
     let uri = crate::mapping::topic_uri(&first.topic);
     for record in &records {
         let mut outbox = Outbox::default();
-        let attempted = serve_attempts(shared, service.clone(), record, uri.clone(), cancel, |req| {
-            outbox = Outbox::default();
-            req.extensions_mut().insert(outbox.clone());
-        })
+        let attempted = serve_attempts(
+            shared,
+            service.clone(),
+            record,
+            uri.clone(),
+            cancel,
+            |req| {
+                outbox = Outbox::default();
+                req.extensions_mut().insert(outbox.clone());
+            },
+        )
         .await;
         match attempted {
             Attempted::Succeeded => outputs.extend(outbox.take()),

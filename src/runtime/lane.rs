@@ -215,7 +215,9 @@ where
     match serve_attempts(shared, service, record, uri, cancel, |_| {}).await {
         Attempted::Succeeded => true,
         Attempted::Cancelled => false,
-        Attempted::Failed { failure, attempts } => dispose(shared, record, &failure, attempts, cancel).await,
+        Attempted::Failed { failure, attempts } => {
+            dispose(shared, record, &failure, attempts, cancel).await
+        }
     }
 }
 
@@ -267,14 +269,20 @@ where
                     failed_by: Some("context".to_owned()),
                     reason: Some("invalid_header".to_owned()),
                 };
-                return Attempted::Failed { failure, attempts: 0 };
+                return Attempted::Failed {
+                    failure,
+                    attempts: 0,
+                };
             }
         },
     };
     let mut attempt = 1u32;
     loop {
         shared.stats.attempts.fetch_add(1, Relaxed);
-        let mut req = record.clone().into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
+        let mut req =
+            record
+                .clone()
+                .into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
         prepare(&mut req);
         let outcome = match &context {
             None => invoke(service.clone(), req, shared.max_error_len).await,
@@ -285,7 +293,9 @@ where
                     }
                 }
                 req.extensions_mut().insert(ctx.clone());
-                ctx.clone().scope(invoke(service.clone(), req, shared.max_error_len)).await
+                ctx.clone()
+                    .scope(invoke(service.clone(), req, shared.max_error_len))
+                    .await
             }
         };
         match outcome {
@@ -307,7 +317,12 @@ where
                 }
                 attempt += 1;
             }
-            Err(failure) => return Attempted::Failed { failure, attempts: attempt },
+            Err(failure) => {
+                return Attempted::Failed {
+                    failure,
+                    attempts: attempt,
+                }
+            }
         }
     }
 }

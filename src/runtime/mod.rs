@@ -13,11 +13,13 @@ mod stats;
 pub mod transactions;
 
 pub use config::{
-    ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
+    ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering, ProducerConfig,
+    PropertyValue, RetryPolicy,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
-pub use outcome::{is_retryable_status, ErrorClass};
 pub use exactly_once::{ExactlyOnce, Outbox};
+pub use outcome::{is_retryable_status, ErrorClass};
+pub use producer::{Delivery, ProduceError, Producer};
 pub use stats::RuntimeStats;
 pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
 

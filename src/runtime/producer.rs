@@ -5,8 +5,11 @@
 //! record headers — the [`RawHeaders`](crate::RawHeaders) extension wins where
 //! present, so a forwarded record is byte-exact — and the key, partition and
 //! timestamp come from an [`OutgoingRecord`] or [`RecordMeta`](crate::RecordMeta)
-//! extension (see [`OutgoingRecord::from_parts`]). The response is the
-//! broker's acknowledgement, a [`Delivery`].
+//! extension (see [`OutgoingRecord::from_parts`]). The response — sent once
+//! the broker acknowledged the record — is `201 Created` with the
+//! [`Delivery`] (topic, partition, offset) in its extensions and in the
+//! `kafka-partition` / `kafka-offset` headers; its body is empty. An
+//! `http::Response` keeps every tower-http layer applicable.
 //!
 //! Because it is a `Service`, tower layers apply to producing unchanged:
 //! timeouts, retries, rate limits, `SetRequestHeader`, and
@@ -25,7 +28,8 @@
 //!     .header("content-type", "application/json")
 //!     .extension(kafka_tower::OutgoingRecord { key: Some("order-7".into()), ..Default::default() })
 //!     .body(String::from(r#"{"total":10}"#))?;
-//! let delivery = producer.oneshot(req).await?;
+//! let res = producer.oneshot(req).await?;
+//! let delivery = res.extensions().get::<kafka_tower::runtime::Delivery>().unwrap();
 //! println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
 //! # Ok(()) }
 //! ```
@@ -146,14 +150,18 @@ struct Inner {
 
 impl fmt::Debug for Producer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Producer").field("max_message_bytes", &self.inner.max_message_bytes).finish()
+        f.debug_struct("Producer")
+            .field("max_message_bytes", &self.inner.max_message_bytes)
+            .finish()
     }
 }
 
 impl Producer {
     /// A producer for `config` (idempotent unless configured otherwise).
     pub fn new(config: ProducerConfig) -> Result<Producer, ProduceError> {
-        config.validate().map_err(|e| ProduceError::Config(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| ProduceError::Config(e.to_string()))?;
         let producer: FutureProducer = config
             .client_config()
             .create()
@@ -185,11 +193,20 @@ impl Producer {
 
     /// Waits until every queued record is delivered (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
-        self.inner.producer.flush(timeout).map_err(ProduceError::Kafka)
+        self.inner
+            .producer
+            .flush(timeout)
+            .map_err(ProduceError::Kafka)
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<(), ProduceError> {
-        if self.inner.known_topics.lock().unwrap_or_else(|p| p.into_inner()).contains(topic) {
+        if self
+            .inner
+            .known_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+        {
             return Ok(());
         }
         let producer = self.inner.producer.clone();
@@ -225,7 +242,10 @@ fn topic_exists<C: rdkafka::ClientContext>(
 
 /// Checks a record before anything is sent: topic name, propagated header
 /// values, size.
-pub(crate) fn validate_record(record: &OutgoingRecord, max_message_bytes: usize) -> Result<(), ProduceError> {
+pub(crate) fn validate_record(
+    record: &OutgoingRecord,
+    max_message_bytes: usize,
+) -> Result<(), ProduceError> {
     if !is_valid_topic_name(&record.topic) {
         return Err(ProduceError::InvalidTopic(format!(
             "{:?} is not a legal topic name (1-249 characters of [a-zA-Z0-9._-])",
@@ -246,7 +266,8 @@ pub(crate) fn validate_record(record: &OutgoingRecord, max_message_bytes: usize)
             }
         }
     }
-    let size = record.payload.as_ref().map_or(0, |p| p.len()) + record.key.as_ref().map_or(0, |k| k.len());
+    let size =
+        record.payload.as_ref().map_or(0, |p| p.len()) + record.key.as_ref().map_or(0, |k| k.len());
     if size > max_message_bytes {
         return Err(ProduceError::MessageTooLarge {
             size,
@@ -264,7 +285,8 @@ pub(crate) async fn send_with<C>(
 where
     C: rdkafka::ClientContext + 'static,
 {
-    let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic).headers(write_headers(&record.headers));
+    let mut fr: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(&record.topic).headers(write_headers(&record.headers));
     if let Some(k) = &record.key {
         fr = fr.key(&k[..]);
     }
@@ -333,7 +355,10 @@ where
 
 /// Maps a request to a record: the body collected (up to the size limit),
 /// `DELETE` with an empty body as a tombstone.
-pub(crate) async fn request_to_record<B>(req: Request<B>, limit: usize) -> Result<OutgoingRecord, ProduceError>
+pub(crate) async fn request_to_record<B>(
+    req: Request<B>,
+    limit: usize,
+) -> Result<OutgoingRecord, ProduceError>
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,
@@ -354,9 +379,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Response = Delivery;
+    type Response = http::Response<http_body_util::Empty<Bytes>>;
     type Error = ProduceError;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivery, ProduceError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProduceError>> + Send>>;
 
     #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProduceError>> {
@@ -369,7 +394,24 @@ where
         let this = self.clone();
         Box::pin(async move {
             let record = request_to_record(req, this.inner.max_message_bytes).await?;
-            this.send(record).await
+            let delivery = this.send(record).await?;
+            Ok(delivery_response(delivery))
         })
     }
+}
+
+/// `201 Created` carrying the delivery in extensions and headers.
+pub(crate) fn delivery_response(
+    delivery: Delivery,
+) -> http::Response<http_body_util::Empty<Bytes>> {
+    let mut res = http::Response::new(http_body_util::Empty::new());
+    *res.status_mut() = http::StatusCode::CREATED;
+    let h = res.headers_mut();
+    h.insert(
+        "kafka-partition",
+        http::HeaderValue::from(delivery.partition),
+    );
+    h.insert("kafka-offset", http::HeaderValue::from(delivery.offset));
+    res.extensions_mut().insert(delivery);
+    res
 }

@@ -65,11 +65,21 @@ pub enum TransactionError {
 impl fmt::Display for TransactionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TransactionError::Config(m) => write!(f, "invalid transactional producer configuration: {m}"),
+            TransactionError::Config(m) => {
+                write!(f, "invalid transactional producer configuration: {m}")
+            }
             TransactionError::Invalid(e) => write!(f, "record refused before sending: {e}"),
-            TransactionError::Aborted(m) => write!(f, "transaction aborted, nothing committed: {m}"),
-            TransactionError::Fenced(m) => write!(f, "producer fenced by a newer instance with the same transactional.id: {m}"),
-            TransactionError::Fatal(m) => write!(f, "fatal producer error, the producer must be re-created: {m}"),
+            TransactionError::Aborted(m) => {
+                write!(f, "transaction aborted, nothing committed: {m}")
+            }
+            TransactionError::Fenced(m) => write!(
+                f,
+                "producer fenced by a newer instance with the same transactional.id: {m}"
+            ),
+            TransactionError::Fatal(m) => write!(
+                f,
+                "fatal producer error, the producer must be re-created: {m}"
+            ),
             TransactionError::State(m) => write!(f, "invalid transaction state: {m}"),
         }
     }
@@ -87,7 +97,9 @@ impl std::error::Error for TransactionError {
 fn is_fencing(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
-        RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
     )
 }
 
@@ -141,14 +153,19 @@ impl TransactionalProducer {
     /// earlier instance with the same `transactional_id` and aborts its open
     /// transaction).
     pub async fn new(config: ProducerConfig) -> Result<Self, TransactionError> {
-        config.validate().map_err(|e| TransactionError::Config(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| TransactionError::Config(e.to_string()))?;
         if config.transactional_id.is_none() {
             return Err(TransactionError::Config(
-                "`transactional_id` is required (stable per instance, e.g. \"<service>-<n>\")".into(),
+                "`transactional_id` is required (stable per instance, e.g. \"<service>-<n>\")"
+                    .into(),
             ));
         }
         if !config.idempotence {
-            return Err(TransactionError::Config("transactions need `idempotence: true`".into()));
+            return Err(TransactionError::Config(
+                "transactions need `idempotence: true`".into(),
+            ));
         }
         let producer: FutureProducer = config
             .client_config()
@@ -185,7 +202,9 @@ impl TransactionalProducer {
     /// Begins a transaction.
     pub fn begin(&self) -> Result<(), TransactionError> {
         if self.open.swap(true, SeqCst) {
-            return Err(TransactionError::State("a transaction is already open".into()));
+            return Err(TransactionError::State(
+                "a transaction is already open".into(),
+            ));
         }
         self.producer.begin_transaction().map_err(|e| {
             self.open.store(false, SeqCst);
@@ -197,7 +216,9 @@ impl TransactionalProducer {
     /// it (it becomes visible only at [`TransactionalProducer::commit`]).
     pub async fn send(&self, record: &OutgoingRecord) -> Result<Delivery, TransactionError> {
         if !self.open.load(SeqCst) {
-            return Err(TransactionError::State("send outside a transaction: call begin first".into()));
+            return Err(TransactionError::State(
+                "send outside a transaction: call begin first".into(),
+            ));
         }
         validate_record(record, self.max_message_bytes).map_err(TransactionError::Invalid)?;
         send_with(&self.producer, record, self.config.send_timeout)
@@ -216,17 +237,21 @@ impl TransactionalProducer {
     ) -> Result<(), TransactionError> {
         let p = self.producer.clone();
         let timeout = self.timeout;
-        tokio::task::spawn_blocking(move || p.send_offsets_to_transaction(&offsets, &group, timeout))
-            .await
-            .map_err(|e| TransactionError::Fatal(e.to_string()))?
-            .map_err(classify)
+        tokio::task::spawn_blocking(move || {
+            p.send_offsets_to_transaction(&offsets, &group, timeout)
+        })
+        .await
+        .map_err(|e| TransactionError::Fatal(e.to_string()))?
+        .map_err(classify)
     }
 
     /// Commits the open transaction. On an abortable error the transaction is
     /// aborted and [`TransactionError::Aborted`] returned.
     pub async fn commit(&self) -> Result<(), TransactionError> {
         if !self.open.load(SeqCst) {
-            return Err(TransactionError::State("commit without an open transaction".into()));
+            return Err(TransactionError::State(
+                "commit without an open transaction".into(),
+            ));
         }
         let p = self.producer.clone();
         let timeout = self.timeout;
@@ -249,7 +274,9 @@ impl TransactionalProducer {
     /// Aborts the open transaction: none of its records becomes visible.
     pub async fn abort(&self) -> Result<(), TransactionError> {
         if !self.open.load(SeqCst) {
-            return Err(TransactionError::State("abort without an open transaction".into()));
+            return Err(TransactionError::State(
+                "abort without an open transaction".into(),
+            ));
         }
         let p = self.producer.clone();
         let timeout = self.timeout;
@@ -263,7 +290,10 @@ impl TransactionalProducer {
     /// Sends `records` atomically: begin, send all, commit. Every record is
     /// validated first, so an invalid one sends nothing. On failure the
     /// transaction is aborted and nothing is visible.
-    pub async fn send_batch(&self, records: Vec<OutgoingRecord>) -> Result<Vec<Delivery>, TransactionError> {
+    pub async fn send_batch(
+        &self,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<Vec<Delivery>, TransactionError> {
         for r in &records {
             validate_record(r, self.max_message_bytes).map_err(TransactionError::Invalid)?;
         }
@@ -273,7 +303,9 @@ impl TransactionalProducer {
         for r in results {
             match r {
                 Ok(d) => deliveries.push(d),
-                Err(e @ (TransactionError::Fenced(_) | TransactionError::Fatal(_))) => return Err(e),
+                Err(e @ (TransactionError::Fenced(_) | TransactionError::Fatal(_))) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     self.abort().await?;
                     return Err(TransactionError::Aborted(e.to_string()));
@@ -308,7 +340,13 @@ impl TransactionalQueue {
     ) -> (TransactionalQueue, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let closed = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(drain_queue(producer, rx, max_records.max(1), max_delay, closed.clone()));
+        let task = tokio::spawn(drain_queue(
+            producer,
+            rx,
+            max_records.max(1),
+            max_delay,
+            closed.clone(),
+        ));
         (TransactionalQueue { tx, closed }, task)
     }
 
@@ -316,7 +354,11 @@ impl TransactionalQueue {
     pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, TransactionError> {
         let (done, wait) = oneshot::channel();
         let closed = || {
-            let why = self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let why = self
+                .closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             TransactionError::Fenced(why.unwrap_or_else(|| "the queue is closed".into()))
         };
         self.tx.send((record, done)).await.map_err(|_| closed())?;

@@ -400,3 +400,48 @@ pub fn counts<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> HashMap<T, usize>
     }
     m
 }
+
+/// Reads every record of `topic` up to its end (the high watermark of each
+/// partition, read at the start) with the given isolation level.
+pub async fn read_all(topic: &str, isolation: &str) -> Vec<ConsumedRecord> {
+    let topic = topic.to_owned();
+    let isolation = isolation.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", &isolation)
+            .create()
+            .expect("reader");
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            let pos = consumer.position().expect("position");
+            let done = (0..partitions).all(|p| {
+                let end = ends[&p];
+                end == 0
+                    || matches!(pos.find_partition(&topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+            });
+            if done {
+                return out;
+            }
+            assert!(std::time::Instant::now() < deadline, "could not read {topic} to its end");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                out.push(record_from_message(&m.expect("read error")));
+            }
+        }
+    })
+    .await
+    .expect("reader thread")
+}
