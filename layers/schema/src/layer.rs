@@ -112,7 +112,7 @@ impl Schemas {
             if errors.len() < self.max_errors {
                 errors.push(SchemaError {
                     instance_path: e.instance_path().as_str().to_owned(),
-                    schema_path: e.schema_path().as_str().to_owned(),
+                    schema_path: e.evaluation_path().as_str().to_owned(),
                     message: e.to_string(),
                 });
             }

@@ -51,8 +51,9 @@ impl ViolationKind {
 pub struct SchemaError {
     /// JSON Pointer into the payload, e.g. `/items/0/qty` (`""` = root).
     pub instance_path: String,
-    /// JSON Pointer into the schema to the failing keyword, e.g.
-    /// `/properties/items/items/properties/qty/minimum`.
+    /// The path through the schema to the failing keyword, `$ref`s
+    /// included (JSON Schema's evaluation path), e.g.
+    /// `/properties/shipTo/$ref/properties/country/$ref/pattern`.
     pub schema_path: String,
     /// A human-readable message.
     pub message: String,

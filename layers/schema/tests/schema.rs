@@ -124,6 +124,16 @@ async fn invalid_lists_instance_path_schema_path_and_message() {
         .unwrap();
     assert!(qty.schema_path.ends_with("/minimum"), "{}", qty.schema_path);
     assert!(qty.message.contains("minimum of 1"), "{}", qty.message);
+    // Across files, the schema path shows the `$ref`s it went through.
+    let country = v
+        .errors()
+        .iter()
+        .find(|e| e.instance_path == "/shipTo/country")
+        .unwrap();
+    assert_eq!(
+        country.schema_path,
+        "/properties/shipTo/$ref/properties/country/$ref/pattern"
+    );
     // The JSON body lists them too, and the detail summarises them.
     let body: Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(body["layer"], "schema");
