@@ -510,7 +510,10 @@ async fn odd_inputs_are_served_byte_exact() {
     assert_eq!(seen[2].key.as_deref(), Some(&b"deleted-key"[..]));
     assert_eq!(seen[3].payload.as_ref(), Some(&big), "1 MiB payload");
     assert_eq!(header_pairs(&seen[4].headers), header_pairs(&hundred));
-    assert_eq!(seen[4].header_map.len(), 100);
+    // The 100 headers, plus the correlation id the runtime generated because
+    // the record had none (the raw headers stay as produced).
+    assert_eq!(seen[4].header_map.len(), 101);
+    assert!(seen[4].header_map.contains_key("x-correlation-id"));
 }
 
 /// A service that is not ready until a deadline: `poll_ready` returns
