@@ -58,6 +58,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod body;
+pub mod caller;
 pub mod context;
 pub mod mapping;
 pub mod offsets;
@@ -67,6 +68,7 @@ pub mod refusal;
 pub mod runtime;
 
 pub use body::RecordBody;
+pub use caller::Caller;
 pub use context::PropagatedContext;
 pub use mapping::{ConsumedRecord, MappingError, OutgoingRecord};
 pub use offsets::OffsetTracker;

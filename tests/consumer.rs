@@ -611,3 +611,37 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
     );
     assert_eq!(stats.buffered(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_per_partition_comes_from_librdkafka_statistics() {
+    let topic = unique("lag");
+    create_topic_with_dlq(&topic, 1).await;
+    produce(&topic, (0..50).map(|i| Rec::payload(i.to_string()))).await;
+    let rec = Recorder::default();
+    let service = NotReadyUntil {
+        until: tokio::time::Instant::now() + Duration::from_secs(3),
+        inner: recording_service(rec.clone(), |_| StatusCode::OK),
+        sleep: None,
+    };
+    let running = spawn(
+        consumer(&unique("g"), &[&topic]).property("statistics.interval.ms", "100").build().unwrap(),
+        service,
+    );
+    let stats = running.stats.clone();
+    let lag_of = |stats: &kafka_tower::runtime::RuntimeStats| {
+        stats.consumer_lag().iter().find(|l| l.topic == topic && l.partition == 0).map(|l| l.lag)
+    };
+    // Statistics arrive on librdkafka's interval: poll them until they say
+    // what we wait for, with a deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lag_of(&stats) != Some(50) {
+        assert!(tokio::time::Instant::now() < deadline, "lag never reported 50: {:?}", stats.consumer_lag());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rec.wait_count(50).await;
+    while lag_of(&stats) != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "lag never fell to 0: {:?}", stats.consumer_lag());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+}

@@ -310,6 +310,7 @@ impl Consumer {
         }));
         let context = RuntimeContext {
             state: state.clone(),
+            stats: stats.clone(),
             commit_failed: Arc::new(AtomicBool::new(false)),
             commits: Arc::new(AtomicU64::new(0)),
         };
@@ -391,6 +392,7 @@ struct PollState {
 
 struct RuntimeContext {
     state: Arc<Mutex<PollState>>,
+    stats: Arc<RuntimeStats>,
     commit_failed: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
 }
@@ -399,7 +401,26 @@ fn lock(state: &Mutex<PollState>) -> MutexGuard<'_, PollState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl ClientContext for RuntimeContext {}
+impl ClientContext for RuntimeContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = Vec::new();
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's "internal" partition; a lag of -1 means
+                // not known yet.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    lag.push(super::stats::PartitionLag {
+                        topic: name.clone(),
+                        partition: *id,
+                        lag: p.consumer_lag,
+                    });
+                }
+            }
+        }
+        lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.stats.set_lag(lag);
+    }
+}
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

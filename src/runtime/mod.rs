@@ -20,7 +20,7 @@ pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{ExactlyOnce, Outbox};
 pub use outcome::{is_retryable_status, ErrorClass};
 pub use producer::{Delivery, ProduceError, Producer};
-pub use stats::RuntimeStats;
+pub use stats::{PartitionLag, RuntimeStats};
 pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
 
 /// Copies a message consumed with rdkafka into a [`ConsumedRecord`](crate::ConsumedRecord):

@@ -1,6 +1,19 @@
 //! [`RuntimeStats`]: live counters of a running consumer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// How far a consumer is behind the end of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Records between the consumer's position and the partition's end
+    /// (high watermark, or last stable offset under `read_committed`).
+    pub lag: i64,
+}
 
 /// Live counters of a consumer runtime, shared with the caller through
 /// [`Consumer::stats`](super::Consumer::stats). Cheap to read at any time.
@@ -18,6 +31,7 @@ pub struct RuntimeStats {
     pub(crate) skipped: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) commits: AtomicU64,
+    pub(crate) lag: Mutex<Vec<PartitionLag>>,
 }
 
 impl RuntimeStats {
@@ -69,6 +83,17 @@ impl RuntimeStats {
     /// Offset commits issued.
     pub fn commits(&self) -> u64 {
         self.commits.load(Relaxed)
+    }
+
+    /// Consumer lag per assigned partition, from librdkafka's statistics.
+    /// Empty unless the consumer property `statistics.interval.ms` is set
+    /// (e.g. `5000`); refreshed at that interval.
+    pub fn consumer_lag(&self) -> Vec<PartitionLag> {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_lag(&self, lag: Vec<PartitionLag>) {
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
     }
 
     pub(crate) fn add_buffered(&self, n: usize) {

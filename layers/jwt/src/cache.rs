@@ -130,6 +130,7 @@ mod tests {
             kid: None,
             fingerprint: Fingerprint::of(b"t"),
             raw: serde_json::Value::Null,
+            caller: kafka_tower::Caller::new(Some("s"), None, None),
         }))
     }
 

@@ -42,9 +42,16 @@ pub(crate) struct ClaimsInner {
     pub(crate) kid: Option<Arc<str>>,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) raw: Value,
+    pub(crate) caller: kafka_tower::Caller,
 }
 
 impl VerifiedClaims {
+    /// The caller as the vocabulary's [`Caller`](kafka_tower::Caller), which
+    /// the layer also inserts for metrics and audit.
+    pub fn caller(&self) -> &kafka_tower::Caller {
+        &self.0.caller
+    }
+
     /// `sub`: the user or principal the token was issued for.
     pub fn subject(&self) -> Option<&str> {
         self.0.subject.as_deref()

@@ -68,6 +68,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.layer.verifier.check(&req) {
             Ok(Outcome::Verified(claims)) => {
+                req.extensions_mut().insert(claims.caller().clone());
                 req.extensions_mut().insert(claims);
                 ResponseFuture::inner(self.inner.call(req))
             }

@@ -279,10 +279,15 @@ impl Verifier {
             }
         }
         let str_claim = |n: &str| raw.get(n).and_then(Value::as_str).map(Into::into);
+        let subject: Option<Box<str>> = str_claim("sub");
+        let client_id = ClaimNames::first_str(&self.claim_names.client_id, &raw);
+        let service_id = ClaimNames::first_str(&self.claim_names.service_id, &raw);
+        let caller = kafka_tower::Caller::new(subject.as_deref(), client_id.as_deref(), service_id.as_deref());
         let inner = ClaimsInner {
-            subject: str_claim("sub"),
-            client_id: ClaimNames::first_str(&self.claim_names.client_id, &raw),
-            service_id: ClaimNames::first_str(&self.claim_names.service_id, &raw),
+            subject,
+            client_id,
+            service_id,
+            caller,
             issuer: str_claim("iss"),
             scopes: scopes_of(&raw),
             expires_at: exp,
