@@ -41,7 +41,9 @@ const ISSUER: &str = "https://idp.example.com";
 /// consumer's: it is here only so that the example is self-contained).
 fn mint(scope: &str) -> Result<String, BoxError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(format!("{DIR}/demo-signing-key.pem"))?)?;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(format!(
+        "{DIR}/demo-signing-key.pem"
+    ))?)?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some("demo-1".into());
     let claims = json!({"iss": ISSUER, "sub": "user-42", "client_id": "web-shop", "scope": scope, "iat": now, "exp": now + 600});
@@ -56,23 +58,44 @@ async fn main() -> Result<(), BoxError> {
     let route = Router::new()
         .route(
             "/orders",
-            post(|axum::Extension(claims): axum::Extension<VerifiedClaims>, body: Bytes| async move {
-                format!("accepted {} bytes from {}", body.len(), claims.subject().unwrap_or("?"))
-            }),
+            post(
+                |axum::Extension(claims): axum::Extension<VerifiedClaims>, body: Bytes| async move {
+                    format!(
+                        "accepted {} bytes from {}",
+                        body.len(),
+                        claims.subject().unwrap_or("?")
+                    )
+                },
+            ),
         )
         .layer(schemas.clone())
         .layer(jwt.clone());
     let good = mint("orders.w")?;
     for (what, token, body) in [
-        ("valid", Some(good.as_str()), r#"{"id":"o-1","customer":{"id":"c-1"},"total":10}"#),
-        ("no token", None, r#"{"id":"o-2","customer":{"id":"c-1"},"total":10}"#),
-        ("bad payload", Some(good.as_str()), r#"{"id":"o-3","customer":{},"total":-1}"#),
+        (
+            "valid",
+            Some(good.as_str()),
+            r#"{"id":"o-1","customer":{"id":"c-1"},"total":10}"#,
+        ),
+        (
+            "no token",
+            None,
+            r#"{"id":"o-2","customer":{"id":"c-1"},"total":10}"#,
+        ),
+        (
+            "bad payload",
+            Some(good.as_str()),
+            r#"{"id":"o-3","customer":{},"total":-1}"#,
+        ),
     ] {
         let mut req = Request::post("/orders").header("content-type", "application/json");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let res = route.clone().oneshot(req.body(axum::body::Body::from(body))?).await?;
+        let res = route
+            .clone()
+            .oneshot(req.body(axum::body::Body::from(body))?)
+            .await?;
         println!("HTTP  {what:<12} -> {}", res.status());
     }
 
@@ -81,8 +104,9 @@ async fn main() -> Result<(), BoxError> {
     let (bootstrap, topic) = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         Ok(servers) => {
             let topic = format!("orders-{}", std::process::id());
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &servers).create()?;
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &servers)
+                .create()?;
             let dlq = format!("{topic}.dlq");
             let new = [
                 NewTopic::new(&topic, 1, TopicReplication::Fixed(1)),
@@ -100,14 +124,36 @@ async fn main() -> Result<(), BoxError> {
     };
     // On a real broker the topic has a unique name: configure the layers
     // for it.
-    let (jwt, schemas) = if topic == "orders" { (jwt, schemas) } else { layers_for(&topic)? };
+    let (jwt, schemas) = if topic == "orders" {
+        (jwt, schemas)
+    } else {
+        layers_for(&topic)?
+    };
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
     let records = [
-        ("valid", Some(good.clone()), r#"{"id":"o-1","customer":{"id":"c-1"},"total":10}"#),
-        ("no token", None, r#"{"id":"o-2","customer":{"id":"c-1"},"total":10}"#),
-        ("no scope", Some(mint("orders.r")?), r#"{"id":"o-3","customer":{"id":"c-1"},"total":10}"#),
-        ("bad payload", Some(good), r#"{"id":"o-4","customer":{},"total":-1}"#),
+        (
+            "valid",
+            Some(good.clone()),
+            r#"{"id":"o-1","customer":{"id":"c-1"},"total":10}"#,
+        ),
+        (
+            "no token",
+            None,
+            r#"{"id":"o-2","customer":{"id":"c-1"},"total":10}"#,
+        ),
+        (
+            "no scope",
+            Some(mint("orders.r")?),
+            r#"{"id":"o-3","customer":{"id":"c-1"},"total":10}"#,
+        ),
+        (
+            "bad payload",
+            Some(good),
+            r#"{"id":"o-4","customer":{},"total":-1}"#,
+        ),
     ];
     for (_, token, body) in &records {
         let mut headers = RawHeaders::new();
@@ -116,7 +162,9 @@ async fn main() -> Result<(), BoxError> {
         }
         producer
             .send(
-                FutureRecord::<(), _>::to(&topic).payload(*body).headers(rdkafka_headers(&headers)),
+                FutureRecord::<(), _>::to(&topic)
+                    .payload(*body)
+                    .headers(rdkafka_headers(&headers)),
                 Duration::from_secs(10),
             )
             .await
@@ -129,14 +177,25 @@ async fn main() -> Result<(), BoxError> {
         service_fn(move |req: Request<RecordBody>| {
             let served = served.clone();
             async move {
-                let who = req.extensions().get::<VerifiedClaims>().and_then(|c| c.subject().map(str::to_owned));
-                println!("Kafka served {:?} from {who:?}", req.body().payload().map(|p| String::from_utf8_lossy(p).into_owned()));
+                let who = req
+                    .extensions()
+                    .get::<VerifiedClaims>()
+                    .and_then(|c| c.subject().map(str::to_owned));
+                println!(
+                    "Kafka served {:?} from {who:?}",
+                    req.body()
+                        .payload()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                );
                 served.notify_one();
                 Ok::<_, Infallible>(Response::new(String::new()))
             }
         })
     };
-    let service = ServiceBuilder::new().layer(jwt).layer(schemas).service(handler);
+    let service = ServiceBuilder::new()
+        .layer(jwt)
+        .layer(schemas)
+        .service(handler);
     let consumer = Consumer::builder()
         .bootstrap_servers(&bootstrap)
         .group_id("secure-consumer")
@@ -158,7 +217,12 @@ async fn main() -> Result<(), BoxError> {
     let dead_letters = dead_letters.await??;
     all_read.notify_one();
     for r in dead_letters {
-        let h = |n: &str| r.headers.get_last(n.as_bytes()).flatten().map(|v| String::from_utf8_lossy(v).into_owned());
+        let h = |n: &str| {
+            r.headers
+                .get_last(n.as_bytes())
+                .flatten()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
         println!(
             "Kafka dead-lettered offset {}: {} refused it, reason {} (status {})",
             h("kt-dlq-original-offset").unwrap_or_default(),
@@ -181,7 +245,9 @@ fn layers_for(topic: &str) -> Result<(JwtLayer, JsonSchemaLayer), BoxError> {
         .topic(
             topic,
             TopicPolicy::new()
-                .expiry(ExpiryMode::RecordTimestamp { max_age: Duration::from_secs(86_400) })
+                .expiry(ExpiryMode::RecordTimestamp {
+                    max_age: Duration::from_secs(86_400),
+                })
                 .require_scope("orders.w"),
         )
         .build()?;
@@ -192,7 +258,11 @@ fn layers_for(topic: &str) -> Result<(JwtLayer, JsonSchemaLayer), BoxError> {
 }
 
 /// Reads `n` records of `topic` from the beginning.
-fn read(bootstrap: &str, topic: &str, n: usize) -> Result<Vec<kafka_tower::ConsumedRecord>, BoxError> {
+fn read(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+) -> Result<Vec<kafka_tower::ConsumedRecord>, BoxError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "secure-consumer-dlq-reader")

@@ -624,23 +624,38 @@ async fn consumer_lag_per_partition_comes_from_librdkafka_statistics() {
         sleep: None,
     };
     let running = spawn(
-        consumer(&unique("g"), &[&topic]).property("statistics.interval.ms", "100").build().unwrap(),
+        consumer(&unique("g"), &[&topic])
+            .property("statistics.interval.ms", "100")
+            .build()
+            .unwrap(),
         service,
     );
     let stats = running.stats.clone();
     let lag_of = |stats: &kafka_tower::runtime::RuntimeStats| {
-        stats.consumer_lag().iter().find(|l| l.topic == topic && l.partition == 0).map(|l| l.lag)
+        stats
+            .consumer_lag()
+            .iter()
+            .find(|l| l.topic == topic && l.partition == 0)
+            .map(|l| l.lag)
     };
     // Statistics arrive on librdkafka's interval: poll them until they say
     // what we wait for, with a deadline.
     let deadline = tokio::time::Instant::now() + WAIT;
     while lag_of(&stats) != Some(50) {
-        assert!(tokio::time::Instant::now() < deadline, "lag never reported 50: {:?}", stats.consumer_lag());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never reported 50: {:?}",
+            stats.consumer_lag()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rec.wait_count(50).await;
     while lag_of(&stats) != Some(0) {
-        assert!(tokio::time::Instant::now() < deadline, "lag never fell to 0: {:?}", stats.consumer_lag());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never fell to 0: {:?}",
+            stats.consumer_lag()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running.stop().await;

@@ -18,8 +18,14 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/secure_consumer
 const ISSUER: &str = "https://idp.example.com";
 
 fn mint(scope: &str, exp_offset: i64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(format!("{DIR}/demo-signing-key.pem")).unwrap()).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(
+        &std::fs::read(format!("{DIR}/demo-signing-key.pem")).unwrap(),
+    )
+    .unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some("demo-1".into());
     let claims = json!({"iss": ISSUER, "sub": "user-42", "client_id": "web-shop", "scope": scope,
@@ -43,7 +49,12 @@ async fn refused_records_are_dead_lettered_naming_layer_and_reason() {
         .jwks_file(format!("{DIR}/jwks.json"))
         .issuer(ISSUER)
         .leeway(Duration::from_secs(5))
-        .topic(&topic, TopicPolicy::new().expiry(ExpiryMode::Strict).require_scope("orders.w"))
+        .topic(
+            &topic,
+            TopicPolicy::new()
+                .expiry(ExpiryMode::Strict)
+                .require_scope("orders.w"),
+        )
         .build()
         .unwrap();
     let schemas = JsonSchemaLayer::builder()
@@ -56,15 +67,42 @@ async fn refused_records_are_dead_lettered_naming_layer_and_reason() {
     let cases: Vec<(&str, Option<String>, &str, Option<(&str, &str, &str)>)> = vec![
         ("ok", Some(good.clone()), valid, None),
         ("no token", None, valid, Some(("jwt", "missing", "401"))),
-        ("expired", Some(mint("orders.w", -3600)), valid, Some(("jwt", "expired", "401"))),
-        ("no scope", Some(mint("orders.r", 600)), valid, Some(("jwt", "insufficient_scope", "403"))),
-        ("garbage token", Some("not.a.jwt".into()), valid, Some(("jwt", "malformed", "401"))),
-        ("bad payload", Some(good.clone()), r#"{"id":"o-4","customer":{},"total":-1}"#, Some(("schema", "invalid", "422"))),
-        ("not json", Some(good.clone()), "{{{", Some(("schema", "not_json", "400"))),
+        (
+            "expired",
+            Some(mint("orders.w", -3600)),
+            valid,
+            Some(("jwt", "expired", "401")),
+        ),
+        (
+            "no scope",
+            Some(mint("orders.r", 600)),
+            valid,
+            Some(("jwt", "insufficient_scope", "403")),
+        ),
+        (
+            "garbage token",
+            Some("not.a.jwt".into()),
+            valid,
+            Some(("jwt", "malformed", "401")),
+        ),
+        (
+            "bad payload",
+            Some(good.clone()),
+            r#"{"id":"o-4","customer":{},"total":-1}"#,
+            Some(("schema", "invalid", "422")),
+        ),
+        (
+            "not json",
+            Some(good.clone()),
+            "{{{",
+            Some(("schema", "not_json", "400")),
+        ),
     ];
     produce(
         &topic,
-        cases.iter().map(|(_, token, body, _)| Rec::payload(body.to_string()).headers(with_token(token.as_deref()))),
+        cases.iter().map(|(_, token, body, _)| {
+            Rec::payload(body.to_string()).headers(with_token(token.as_deref()))
+        }),
     )
     .await;
 
@@ -79,18 +117,44 @@ async fn refused_records_are_dead_lettered_naming_layer_and_reason() {
     rec.wait_count(1).await;
     running.stop().await;
 
-    assert_eq!(rec.texts(), vec![valid.to_owned()], "only the valid record reached the service");
+    assert_eq!(
+        rec.texts(),
+        vec![valid.to_owned()],
+        "only the valid record reached the service"
+    );
     for (i, (what, _, body, expected)) in refused.iter().enumerate() {
         let (layer, reason, status) = expected.unwrap();
         let d = dlq
             .iter()
-            .find(|d| d.payload.as_deref() == Some(body.as_bytes()) && header_text(&d.headers, "kt-dlq-reason").as_deref() == Some(reason))
+            .find(|d| {
+                d.payload.as_deref() == Some(body.as_bytes())
+                    && header_text(&d.headers, "kt-dlq-reason").as_deref() == Some(reason)
+            })
             .unwrap_or_else(|| panic!("case {i} ({what}): no dead letter with reason {reason}"));
-        assert_eq!(header_text(&d.headers, "kt-dlq-failed-by").as_deref(), Some(layer), "{what}");
-        assert_eq!(header_text(&d.headers, "kt-dlq-status").as_deref(), Some(status), "{what}");
-        assert_eq!(header_text(&d.headers, "kt-dlq-error-class").as_deref(), Some("permanent"), "{what}");
-        assert_eq!(header_text(&d.headers, "kt-dlq-attempts").as_deref(), Some("1"), "{what}: refusals are not retried");
+        assert_eq!(
+            header_text(&d.headers, "kt-dlq-failed-by").as_deref(),
+            Some(layer),
+            "{what}"
+        );
+        assert_eq!(
+            header_text(&d.headers, "kt-dlq-status").as_deref(),
+            Some(status),
+            "{what}"
+        );
+        assert_eq!(
+            header_text(&d.headers, "kt-dlq-error-class").as_deref(),
+            Some("permanent"),
+            "{what}"
+        );
+        assert_eq!(
+            header_text(&d.headers, "kt-dlq-attempts").as_deref(),
+            Some("1"),
+            "{what}: refusals are not retried"
+        );
         let message = header_text(&d.headers, "kt-dlq-error-message").unwrap();
-        assert!(!message.contains("eyJ"), "{what}: a token never appears in a dead-letter header: {message}");
+        assert!(
+            !message.contains("eyJ"),
+            "{what}: a token never appears in a dead-letter header: {message}"
+        );
     }
 }
