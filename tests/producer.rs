@@ -490,3 +490,41 @@ async fn a_transactional_queue_commits_records_of_many_tasks_together() {
 
 #[allow(dead_code)]
 fn _assert_infallible(_: Infallible) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
+    let topic = unique("fenced");
+    create_topic(&topic, 1).await;
+    let id = unique("tx-fence");
+    let mut config = ProducerConfig::new(bootstrap());
+    config.transactional_id = Some(id.clone());
+    let old = TransactionalProducer::new(config.clone())
+        .await
+        .expect("first instance");
+    // The first instance has an open transaction when its successor starts.
+    old.begin().unwrap();
+    old.send(&numbered(&topic, 0, 1)[0])
+        .await
+        .expect("send before fencing");
+    let new = TransactionalProducer::new(config)
+        .await
+        .expect("the successor initialises");
+    let err = old.commit().await.unwrap_err();
+    assert!(
+        matches!(err, TransactionError::Fenced(_)),
+        "a typed fencing error: {err}"
+    );
+    new.send_batch(numbered(&topic, 1, 1))
+        .await
+        .expect("the successor produces");
+    let committed = read_all(&topic, "read_committed").await;
+    let texts: Vec<_> = committed
+        .iter()
+        .map(|r| r.payload.clone().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![Bytes::from("1")],
+        "only the successor's record is visible"
+    );
+}
