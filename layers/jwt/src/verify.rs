@@ -282,7 +282,11 @@ impl Verifier {
         let subject: Option<Box<str>> = str_claim("sub");
         let client_id = ClaimNames::first_str(&self.claim_names.client_id, &raw);
         let service_id = ClaimNames::first_str(&self.claim_names.service_id, &raw);
-        let caller = kafka_tower::Caller::new(subject.as_deref(), client_id.as_deref(), service_id.as_deref());
+        let caller = kafka_tower::Caller::new(
+            subject.as_deref(),
+            client_id.as_deref(),
+            service_id.as_deref(),
+        );
         let inner = ClaimsInner {
             subject,
             client_id,
