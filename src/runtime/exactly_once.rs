@@ -102,8 +102,11 @@ impl Outbox {
     }
 }
 
+/// A callback told which partitions were assigned or revoked.
+pub type PartitionsCallback = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
+
 /// Settings of [`Consumer::serve_exactly_once`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExactlyOnce {
     /// The transactional producer; `transactional_id` is required and must
     /// be stable per instance.
@@ -112,6 +115,18 @@ pub struct ExactlyOnce {
     pub max_batch: usize,
     /// How long a batch may wait to fill.
     pub max_delay: Duration,
+    on_assigned: Option<PartitionsCallback>,
+    on_revoked: Option<PartitionsCallback>,
+}
+
+impl std::fmt::Debug for ExactlyOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactlyOnce")
+            .field("producer", &self.producer)
+            .field("max_batch", &self.max_batch)
+            .field("max_delay", &self.max_delay)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ExactlyOnce {
@@ -121,13 +136,46 @@ impl ExactlyOnce {
             producer,
             max_batch: 500,
             max_delay: Duration::from_millis(100),
+            on_assigned: None,
+            on_revoked: None,
         }
+    }
+
+    /// Calls `f` with the newly assigned partitions, on the poll thread,
+    /// before any of their records is served and while no transaction is
+    /// open — the place to restore per-partition state (it may block).
+    pub fn on_partitions_assigned(
+        mut self,
+        f: impl Fn(&[(String, i32)]) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_assigned = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` with the partitions being revoked, on the poll thread,
+    /// after their last transaction committed or aborted — the place to drop
+    /// per-partition state.
+    pub fn on_partitions_revoked(
+        mut self,
+        f: impl Fn(&[(String, i32)]) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_revoked = Some(Arc::new(f));
+        self
     }
 }
 
 #[derive(Default)]
 struct EosContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    on_assigned: Option<PartitionsCallback>,
+    on_revoked: Option<PartitionsCallback>,
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for EosContext {}
@@ -137,12 +185,22 @@ impl ConsumerContext for EosContext {
         // Rebalances happen only inside `poll`, between transactions: there
         // is nothing in flight to drain, only the batch being gathered.
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            r.extend(
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
+            let revoked = partitions_of(tpl);
+            if let Some(f) = &self.on_revoked {
+                f(&revoked);
+            }
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if let Some(f) = &self.on_assigned {
+                f(&partitions_of(tpl));
+            }
         }
     }
 }
