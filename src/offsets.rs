@@ -97,6 +97,12 @@ impl OffsetTracker {
         Some(point)
     }
 
+    /// One past the highest offset dispatched so far, if any: the lowest
+    /// offset [`OffsetTracker::dispatched`] accepts next.
+    pub fn next_expected(&self) -> Option<i64> {
+        self.next
+    }
+
     /// How many records are dispatched and not finished.
     pub fn in_flight(&self) -> usize {
         self.window.iter().filter(|(_, done)| !done).count()

@@ -303,3 +303,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn next_expected_is_one_past_the_highest_dispatched() {
+    let mut t = OffsetTracker::new();
+    assert_eq!(t.next_expected(), None);
+    t.dispatched(5);
+    t.dispatched(9);
+    t.finished(9);
+    assert_eq!(t.next_expected(), Some(10), "finishing does not move it");
+    t.finished(5);
+    assert_eq!(t.next_expected(), Some(10));
+}

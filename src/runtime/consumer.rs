@@ -567,13 +567,15 @@ impl PollState {
         if ps.tx.is_none() {
             return;
         }
-        if let Some(next) = ps.tracker.commit_point() {
-            if record.offset < next && !ps.tracker.is_idle() {
-                tracing::warn!(topic = %tp.0, partition = tp.1, offset = record.offset, "offset moved backwards: restarting offset tracking");
-                ps.tracker = OffsetTracker::new();
-            } else if record.offset < next {
-                ps.tracker = OffsetTracker::new();
-            }
+        if ps
+            .tracker
+            .next_expected()
+            .is_some_and(|next| record.offset < next)
+        {
+            // Delivered again (librdkafka re-fetched after a pause, or was
+            // rewound): this lane already has the record, in flight or done.
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset = record.offset, "record delivered again: already dispatched, skipped");
+            return;
         }
         ps.tracker.dispatched(record.offset);
         stats.add_buffered(1);
