@@ -64,7 +64,9 @@ async fn refused_records_are_dead_lettered_naming_layer_and_reason() {
 
     let valid = r#"{"id":"o-1","customer":{"id":"c-1"},"total":10}"#;
     let good = mint("orders.w", 600);
-    let cases: Vec<(&str, Option<String>, &str, Option<(&str, &str, &str)>)> = vec![
+    // (what, token, payload, expected refusal: (layer, reason, status))
+    type Refused = Option<(&'static str, &'static str, &'static str)>;
+    let cases: Vec<(&str, Option<String>, &str, Refused)> = vec![
         ("ok", Some(good.clone()), valid, None),
         ("no token", None, valid, Some(("jwt", "missing", "401"))),
         (
