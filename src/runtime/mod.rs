@@ -1,6 +1,8 @@
 //! The consumer runtime (feature `runtime`): [`Consumer`], its
 //! configuration, and the dead-letter path.
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod config;
 mod consumer;
 pub mod dead_letter;

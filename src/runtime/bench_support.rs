@@ -1,0 +1,132 @@
+//! Hooks for the crate's own benchmarks (`benches/layers.rs`,
+//! `benches/alloc.rs`). Not a public API: hidden from the docs, exempt from
+//! semver, and may change with the runtime.
+//!
+//! [`ServingPath`] runs the runtime's per-record serving path — the same
+//! code a partition lane runs for each record: context capture, record →
+//! request, `poll_ready` + `call`, outcome classification, retries — with a
+//! runtime configured as [`ConsumerConfig`](super::ConsumerConfig)'s
+//! defaults, but without a broker, a poll thread or lane scheduling.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use kafka_tower::runtime::bench_support::ServingPath;
+//! use kafka_tower::{ConsumedRecord, RecordBody};
+//!
+//! let path = ServingPath::new();
+//! let noop = tower::service_fn(|_req: http::Request<RecordBody>| async {
+//!     Ok::<_, Infallible>(http::Response::new(String::new()))
+//! });
+//! let record = ConsumedRecord::builder("orders", 0, 1).build();
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! assert!(rt.block_on(path.serve(noop, &record)));
+//! ```
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use super::config::{Ordering, RetryPolicy};
+use super::lane::{serve_attempts, Attempted, LaneEvent, LaneShared};
+use super::stats::RuntimeStats;
+use crate::context::ContextConfig;
+use crate::{BoxError, ConsumedRecord, RecordBody};
+
+/// The runtime's per-record serving path, set up once and run per record.
+pub struct ServingPath {
+    shared: LaneShared,
+    cancel: CancellationToken,
+    // Kept so that the lane-event channel stays open, as in the runtime.
+    _events: std::sync::mpsc::Receiver<LaneEvent>,
+}
+
+impl std::fmt::Debug for ServingPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingPath").finish_non_exhaustive()
+    }
+}
+
+impl Default for ServingPath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServingPath {
+    /// A serving path with the default consumer configuration: partition
+    /// ordering, default retry policy, context capture on (correlation id
+    /// generated when missing), no dead-letter writer.
+    pub fn new() -> Self {
+        Self::with_context_capture(true)
+    }
+
+    /// As [`ServingPath::new`], with the runtime's context capture on or
+    /// off (`context.capture` in the configuration).
+    pub fn with_context_capture(capture: bool) -> Self {
+        let (events, rx) = std::sync::mpsc::channel();
+        ServingPath {
+            shared: LaneShared {
+                group: Arc::from("bench"),
+                retry: RetryPolicy::default(),
+                ordering: Ordering::Partition,
+                lookahead: 1,
+                max_error_len: 1024,
+                in_flight: Arc::new(Semaphore::new(64)),
+                events,
+                dead_letter: None,
+                stats: Arc::new(RuntimeStats::default()),
+                context: capture.then(ContextConfig::default),
+            },
+            cancel: CancellationToken::new(),
+            _events: rx,
+        }
+    }
+
+    /// Serves `record` to `service` as a lane does, building the topic's
+    /// URI on each call (a lane builds it once per partition; measure with
+    /// [`ServingPath::serve_with_uri`]). Returns whether the record
+    /// succeeded (`2xx` within the retry policy).
+    pub async fn serve<S, ResBody>(&self, service: S, record: &ConsumedRecord) -> bool
+    where
+        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Into<BoxError>,
+    {
+        let uri = crate::mapping::topic_uri(&record.topic);
+        self.serve_with_uri(service, record, uri).await
+    }
+
+    /// As [`ServingPath::serve`] with the topic's URI built by the caller
+    /// (a lane builds it once per partition, so a per-record measurement
+    /// should too: see [`topic_uri`](crate::mapping::topic_uri)).
+    pub async fn serve_with_uri<S, ResBody>(
+        &self,
+        service: S,
+        record: &ConsumedRecord,
+        uri: http::Uri,
+    ) -> bool
+    where
+        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Into<BoxError>,
+    {
+        matches!(
+            serve_attempts(&self.shared, service, record, uri, &self.cancel, |_| {}).await,
+            Attempted::Succeeded
+        )
+    }
+
+    /// Service calls made so far (retries included).
+    pub fn attempts(&self) -> u64 {
+        self.shared.stats.attempts()
+    }
+}
