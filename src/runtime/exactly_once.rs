@@ -105,6 +105,10 @@ impl Outbox {
 /// A callback told which partitions were assigned or revoked.
 pub type PartitionsCallback = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
 
+/// A callback told how a batch's transaction ended: `true` committed,
+/// `false` aborted (or never committed because processing stopped).
+pub type BatchEndCallback = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// Settings of [`Consumer::serve_exactly_once`].
 #[derive(Clone)]
 pub struct ExactlyOnce {
@@ -117,6 +121,7 @@ pub struct ExactlyOnce {
     pub max_delay: Duration,
     on_assigned: Option<PartitionsCallback>,
     on_revoked: Option<PartitionsCallback>,
+    on_batch_end: Option<BatchEndCallback>,
 }
 
 impl std::fmt::Debug for ExactlyOnce {
@@ -138,7 +143,18 @@ impl ExactlyOnce {
             max_delay: Duration::from_millis(100),
             on_assigned: None,
             on_revoked: None,
+            on_batch_end: None,
         }
+    }
+
+    /// Calls `f` on the poll thread once per served batch, after its
+    /// transaction ended: `f(true)` when it committed, `f(false)` when it
+    /// was aborted (the batch is then served again) or processing stopped
+    /// before a commit — the place to make per-partition state follow the
+    /// transaction (keep or roll back what the batch's handlers wrote).
+    pub fn on_batch_end(mut self, f: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        self.on_batch_end = Some(Arc::new(f));
+        self
     }
 
     /// Calls `f` with the newly assigned partitions, on the poll thread,
@@ -280,8 +296,13 @@ impl Consumer {
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer<EosContext> =
-            cc.create_with_context(EosContext::default()).map_err(|e| {
+        let consumer: BaseConsumer<EosContext> = cc
+            .create_with_context(EosContext {
+                revoked: Mutex::default(),
+                on_assigned: settings.on_assigned.clone(),
+                on_revoked: settings.on_revoked.clone(),
+            })
+            .map_err(|e| {
                 ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -350,7 +371,11 @@ where
             if batch.is_empty() {
                 continue;
             }
-            match self.handle.block_on(self.process(&batch)) {
+            let result = self.handle.block_on(self.process(&batch));
+            if let Some(f) = &self.settings.on_batch_end {
+                f(result.is_ok());
+            }
+            match result {
                 Ok(()) => {}
                 Err(BatchError::Fatal(m)) => {
                     return Err(ConsumerError::message(format!(
