@@ -1,0 +1,517 @@
+//! Shared helpers of the integration tests: a real Apache Kafka broker is
+//! named by `KAFKA_BOOTSTRAP_SERVERS` (`scripts/test` starts one).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use kafka_tower::runtime::{rdkafka_headers, record_from_message, RuntimeStats};
+use kafka_tower::{
+    BoxError, ConsumedRecord, Consumer, ConsumerBuilder, RawHeaders, RecordBody, RecordMeta,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+/// How long any wait for the broker may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
+        "KAFKA_BOOTSTRAP_SERVERS must name a running Kafka broker: run `scripts/test`, which starts one",
+    )
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+/// A topic and its dead-letter topic.
+pub async fn create_topic_with_dlq(name: &str, partitions: i32) {
+    create_topic(name, partitions).await;
+    create_topic(&format!("{name}.dlq"), 1).await;
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("message.max.bytes", "2000000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// One record to produce in a test.
+#[derive(Clone, Debug, Default)]
+pub struct Rec {
+    pub partition: Option<i32>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub headers: RawHeaders,
+}
+
+impl Rec {
+    pub fn payload(p: impl Into<Bytes>) -> Self {
+        Rec {
+            payload: Some(p.into()),
+            ..Default::default()
+        }
+    }
+    pub fn key(mut self, k: impl Into<Bytes>) -> Self {
+        self.key = Some(k.into());
+        self
+    }
+    pub fn partition(mut self, p: i32) -> Self {
+        self.partition = Some(p);
+        self
+    }
+    pub fn headers(mut self, h: RawHeaders) -> Self {
+        self.headers = h;
+        self
+    }
+}
+
+/// Produces `records` in order and waits for every acknowledgement.
+pub async fn produce(topic: &str, records: impl IntoIterator<Item = Rec>) -> Vec<(i32, i64)> {
+    let producer = producer();
+    let mut pending = Vec::new();
+    for r in records {
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(rdkafka_headers(&r.headers));
+        if let Some(k) = &r.key {
+            fr = fr.key(&k[..]);
+        }
+        if let Some(p) = &r.payload {
+            fr = fr.payload(&p[..]);
+        }
+        if let Some(p) = r.partition {
+            fr = fr.partition(p);
+        }
+        let delivery = producer
+            .send_result(fr)
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        pending.push(delivery);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for d in pending {
+        let delivery = d
+            .await
+            .expect("delivery future")
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        out.push((delivery.partition, delivery.offset));
+    }
+    out
+}
+
+/// Reads `expected` records from every partition of `topic` (from the
+/// beginning, no group), failing after [`WAIT`].
+pub async fn read_topic(topic: &str, expected: usize) -> Vec<ConsumedRecord> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        while out.len() < expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read only {} of {expected} records from {topic}",
+                out.len()
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                out.push(record_from_message(&m.expect("read error")));
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// The committed offsets of `group` for partitions `0..partitions` of `topic`
+/// (`-1` when nothing is committed).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("committed reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// What a recording service saw of one call.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub topic: String,
+    pub method: http::Method,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub tombstone: bool,
+    pub attempt: u32,
+    pub headers: RawHeaders,
+    pub header_map: http::HeaderMap,
+}
+
+impl Seen {
+    pub fn text(&self) -> String {
+        self.payload
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Every call a service received, with a condition variable to wait on.
+#[derive(Clone)]
+pub struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            seen: Default::default(),
+            count: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl Recorder {
+    pub fn record(&self, req: &Request<RecordBody>) -> Seen {
+        let meta = req
+            .extensions()
+            .get::<RecordMeta>()
+            .expect("RecordMeta extension");
+        let seen = Seen {
+            topic: meta.topic().to_owned(),
+            method: req.method().clone(),
+            partition: meta.partition(),
+            offset: meta.offset(),
+            key: meta.key().cloned(),
+            payload: req.body().payload().cloned(),
+            tombstone: req.body().is_tombstone(),
+            attempt: meta.attempt(),
+            headers: req
+                .extensions()
+                .get::<RawHeaders>()
+                .cloned()
+                .unwrap_or_default(),
+            header_map: req.headers().clone(),
+        };
+        let n = {
+            let mut v = self.seen.lock().unwrap();
+            v.push(seen.clone());
+            v.len()
+        };
+        self.count.send_replace(n);
+        seen
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `cond` holds over everything seen, failing after [`WAIT`].
+    pub async fn wait_until(&self, what: &str, cond: impl Fn(&[Seen]) -> bool) {
+        let mut rx = self.count.subscribe();
+        let fut = async {
+            loop {
+                if cond(&self.seen.lock().unwrap()) {
+                    return;
+                }
+                rx.changed().await.expect("recorder alive");
+            }
+        };
+        if tokio::time::timeout(WAIT, fut).await.is_err() {
+            let n = self.seen.lock().unwrap().len();
+            panic!("timed out waiting for {what} ({n} calls seen)");
+        }
+    }
+
+    pub async fn wait_count(&self, n: usize) {
+        self.wait_until(&format!("{n} calls"), |s| s.len() >= n)
+            .await;
+    }
+
+    /// Payload texts of successful... all calls, by payload.
+    pub fn texts(&self) -> Vec<String> {
+        self.all().iter().map(Seen::text).collect()
+    }
+}
+
+/// A service that records each call and answers `respond(&seen)`.
+pub fn recording_service<F>(
+    recorder: Recorder,
+    respond: F,
+) -> impl tower::Service<
+    Request<RecordBody>,
+    Response = Response<String>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<String>, BoxError>> + Send,
+> + Clone
+       + Send
+       + 'static
+where
+    F: Fn(&Seen) -> StatusCode + Clone + Send + Sync + 'static,
+{
+    tower::service_fn(move |req: Request<RecordBody>| {
+        let seen = recorder.record(&req);
+        let status = respond(&seen);
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(status)
+                    .body(format!("status {status}"))
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+/// A consumer serving in the background until [`Running::stop`].
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<Result<(), kafka_tower::ConsumerError>>,
+    pub stats: Arc<RuntimeStats>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let r = tokio::time::timeout(WAIT, &mut self.join)
+            .await
+            .expect("consumer stops in time");
+        r.expect("consumer task").expect("consumer result");
+    }
+}
+
+pub fn spawn<S, B>(consumer: Consumer, service: S) -> Running
+where
+    S: tower::Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let stats = consumer.stats();
+    let join = tokio::spawn(consumer.serve(service, async move {
+        let _ = rx.await;
+    }));
+    Running {
+        stop: Some(tx),
+        join,
+        stats,
+    }
+}
+
+/// A builder for the test broker with fast retries and commits.
+pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
+    Consumer::builder()
+        .bootstrap_servers(bootstrap())
+        .group_id(group)
+        .topics(topics.iter().copied())
+        .property("auto.offset.reset", "earliest")
+        .property("session.timeout.ms", "10000")
+        .property("heartbeat.interval.ms", "500")
+        .commit_interval(Duration::from_millis(200))
+        .retry(kafka_tower::RetryPolicy::exponential(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ))
+}
+
+/// Headers of `h` as (key, value) byte pairs, for readable assertions.
+pub fn header_pairs(h: &RawHeaders) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    h.iter()
+        .map(|h| (h.key.to_vec(), h.value.as_ref().map(|v| v.to_vec())))
+        .collect()
+}
+
+/// The last value of header `name` as text.
+pub fn header_text(h: &RawHeaders, name: &str) -> Option<String> {
+    h.get_last(name.as_bytes())
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Counts of each item.
+pub fn counts<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> HashMap<T, usize> {
+    let mut m = HashMap::new();
+    for i in items {
+        *m.entry(i.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Reads every record of `topic` up to its end (the high watermark of each
+/// partition, read at the start) with the given isolation level.
+pub async fn read_all(topic: &str, isolation: &str) -> Vec<ConsumedRecord> {
+    let topic = topic.to_owned();
+    let isolation = isolation.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", &isolation)
+            .create()
+            .expect("reader");
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            let pos = consumer.position().expect("position");
+            let done = (0..partitions).all(|p| {
+                let end = ends[&p];
+                end == 0
+                    || matches!(pos.find_partition(&topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+            });
+            if done {
+                return out;
+            }
+            assert!(std::time::Instant::now() < deadline, "could not read {topic} to its end");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                out.push(record_from_message(&m.expect("read error")));
+            }
+        }
+    })
+    .await
+    .expect("reader thread")
+}
+
+// ---- streams helpers -------------------------------------------------------
+
+/// A compacted topic.
+pub async fn create_compacted_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact")],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+/// The last value per key of `topic` read with `read_committed` (null
+/// values delete): what a compacted changelog says the store holds.
+pub async fn changelog_state(topic: &str) -> std::collections::BTreeMap<Bytes, Bytes> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in read_all(topic, "read_committed").await {
+        let k = r.key.clone().expect("changelog records have keys");
+        match r.payload {
+            Some(v) => {
+                m.insert(k, v);
+            }
+            None => {
+                m.remove(&k);
+            }
+        }
+    }
+    m
+}
+
+/// A transactional producer config for tests: short transaction timeout so
+/// that a killed instance's open transaction does not block readers long.
+pub fn txn_producer(id: &str) -> kafka_tower::runtime::ProducerConfig {
+    let mut p = kafka_tower::runtime::ProducerConfig::new(bootstrap())
+        .property("transaction.timeout.ms", "10000");
+    p.transactional_id = Some(id.to_owned());
+    p
+}
+
+/// Polls `cond` every 50 ms until it holds, failing after [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs to stderr (test output) at `RUST_LOG`, default `warn`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
