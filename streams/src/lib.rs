@@ -1,7 +1,11 @@
 //! Event sourcing and CQRS on Kafka alone, in Tower form.
 
+pub mod aggregate;
 mod hosts;
 pub mod partitioner;
+pub mod projection;
+#[cfg(feature = "axum")]
+pub mod query;
 mod restore;
 pub mod store;
 mod streams;
