@@ -20,7 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use fixtures::{fresh, jwt_layer, ready, record, schema_layer, Noop, TOPIC};
+use fixtures::{fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC};
 use kafka_tower::context::CaptureContextLayer;
 use kafka_tower::runtime::bench_support::ServingPath;
 use tower::ServiceBuilder;
@@ -144,6 +144,7 @@ fn main() {
     let path_no_ctx = ServingPath::with_context_capture(false);
     let stack = ServiceBuilder::new()
         .layer(jwt_layer(1000))
+        .layer(metrics_layer())
         .layer(schema_layer())
         .layer(CaptureContextLayer::new())
         .service(Noop);
@@ -174,7 +175,7 @@ fn main() {
             }),
         ),
         (
-            "serving path, full stack (context, JWT cache hit, schema)",
+            "serving path, full stack (JWT cache hit, metrics, schema, context)",
             Box::new(|| {
                 let r = fresh(&template);
                 assert!(ready(path.serve_with_uri(stack.clone(), &r, uri.clone())));

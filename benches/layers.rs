@@ -34,12 +34,13 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
-use fixtures::{fresh, jwt_layer, ready, record, schema_layer, Noop, TOPIC};
+use fixtures::{fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC};
 use http::{Request, Response};
 use kafka_tower::context::CaptureContextLayer;
 use kafka_tower::runtime::bench_support::ServingPath;
 use kafka_tower::{BoxError, ConsumedRecord, RecordBody};
 use kafka_tower_jwt::{Algorithm, JwtLayer, VerificationKey};
+use kafka_tower_metrics::MetricsLayer;
 use kafka_tower_schema::JsonSchemaLayer;
 use serde_json::json;
 use tower::layer::util::{Identity, Stack};
@@ -246,6 +247,7 @@ fn layers(c: &mut Criterion) {
     bench_layer(&mut g, "schema_1KB_20_props", schema_1k_layer, &rec_1k);
     bench_layer(&mut g, "schema_512B_order", schema_layer(), &rec);
     bench_layer(&mut g, "capture_context", CaptureContextLayer::new(), &rec);
+    bench_layer(&mut g, "metrics", metrics_layer(), &rec);
     // Layers still being written join here, one line each, e.g.
     // bench_layer(&mut g, "trace", kafka_tower_trace::TraceLayer::new(), &rec);
     g.finish();
@@ -300,16 +302,21 @@ fn layers(c: &mut Criterion) {
     g.finish();
 }
 
-/// Every kafka-tower layer available: authentication, then validation,
-/// then context capture. (`CaptureContextLayer` needs a `Default` response
+/// Every kafka-tower layer available: authentication, metrics (inside
+/// authentication, for its client view), validation, context capture. (`CaptureContextLayer` needs a `Default` response
 /// body, which the JWT and schema layers' refusal bodies are not, so it
 /// sits inside them.)
-type FullStack =
-    ServiceBuilder<Stack<CaptureContextLayer, Stack<JsonSchemaLayer, Stack<JwtLayer, Identity>>>>;
+type FullStack = ServiceBuilder<
+    Stack<
+        CaptureContextLayer,
+        Stack<JsonSchemaLayer, Stack<MetricsLayer, Stack<JwtLayer, Identity>>>,
+    >,
+>;
 
 fn full_stack() -> FullStack {
     ServiceBuilder::new()
         .layer(jwt_layer(1000))
+        .layer(metrics_layer())
         .layer(schema_layer())
         .layer(CaptureContextLayer::new())
 }

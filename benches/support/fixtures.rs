@@ -141,6 +141,15 @@ pub(crate) fn jwt_layer(cache: usize) -> JwtLayer {
         .unwrap()
 }
 
+/// Prometheus metrics (service and client views) into a fresh registry.
+pub(crate) fn metrics_layer() -> kafka_tower_metrics::MetricsLayer {
+    kafka_tower_metrics::Metrics::builder()
+        .service_id("bench")
+        .build()
+        .unwrap()
+        .layer()
+}
+
 /// JSON Schema validation of [`TOPIC`] with [`order_schema`].
 pub(crate) fn schema_layer() -> JsonSchemaLayer {
     schema_layer_for(TOPIC)

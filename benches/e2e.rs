@@ -1,0 +1,599 @@
+//! End-to-end consume throughput against a real broker, side by side on one
+//! pre-filled topic:
+//!
+//! * `raw` — an rdkafka `BaseConsumer` loop that touches each payload: the
+//!   ceiling;
+//! * `runtime` — `kafka_tower::Consumer` with a no-op service, at-least-once
+//!   commits on (the default configuration);
+//! * `stack` — the same runtime with the full layer stack (JWT with the
+//!   cache on, Prometheus metrics, JSON Schema, context capture).
+//!
+//! ```text
+//! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench --bench e2e
+//! ```
+//!
+//! Knobs: `BENCH_E2E_RECORDS` (default 1000000), `BENCH_E2E_SIZE` (512),
+//! `BENCH_E2E_PARTITIONS` (16), `BENCH_E2E_ROUNDS` (3), `BENCH_E2E_TIMEOUT`
+//! (seconds per variant, 600), `BENCH_E2E_BUFFER_PER_PARTITION` and
+//! `BENCH_E2E_MAX_IN_FLIGHT` (runtime settings, for diagnosis; the defaults
+//! otherwise), `BENCH_RESULTS_DIR` (where `e2e.json` and
+//! `e2e.md` go; default `results/`). The topic is named after the sizes and
+//! re-used when it already holds enough records.
+//!
+//! Each variant runs as a child process (this binary re-executed with
+//! `--variant`), so its peak RSS (`VmHWM`) is its own; rounds alternate the
+//! variants (raw, runtime, stack, raw, …) so that drift on a shared machine
+//! hits all of them, and the table reports medians. Every consumer uses a
+//! fresh group reading from the beginning; its rate is counted from its
+//! first record to its last, so group join time is left out. Latency is the
+//! service call (`call` to response) as seen around the whole service; the
+//! raw loop has none.
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use kafka_tower::context::CaptureContextLayer;
+use kafka_tower::{Consumer, RecordBody};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::{ClientConfig, Message as _};
+use serde_json::json;
+use tower::{Service, ServiceBuilder};
+
+const VARIANTS: [&str; 3] = ["raw", "runtime", "stack"];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Peak resident set size of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(variant) = arg(&args, "--variant") {
+        child(&args, &variant);
+        return;
+    }
+    // `cargo test --benches` runs bench targets without `--bench`: do
+    // nothing then.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") else {
+        eprintln!(
+            "e2e bench: set KAFKA_BOOTSTRAP_SERVERS (scripts/bench starts a broker); skipped"
+        );
+        return;
+    };
+    parent(&bootstrap);
+}
+
+// ---------------------------------------------------------------- parent
+
+fn parent(bootstrap: &str) {
+    let n = env_u64("BENCH_E2E_RECORDS", 1_000_000);
+    let size = env_u64("BENCH_E2E_SIZE", 512) as usize;
+    let partitions = env_u64("BENCH_E2E_PARTITIONS", 16) as i32;
+    let rounds = env_u64("BENCH_E2E_ROUNDS", 3);
+    let dir = std::env::var("BENCH_RESULTS_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/results").to_owned());
+    let topic = format!("bench-e2e-{n}x{size}B-{partitions}p");
+    let fill_secs = fill(bootstrap, &topic, n, size, partitions);
+
+    let exe = std::env::current_exe().unwrap();
+    let mut results: Vec<(u64, serde_json::Value)> = Vec::new();
+    for round in 1..=rounds {
+        for variant in VARIANTS {
+            let group = format!("bench-e2e-{variant}-{}-{round}", std::process::id());
+            let out = Command::new(&exe)
+                .args(["--variant", variant, "--topic", &topic, "--group", &group])
+                .args(["--records", &n.to_string()])
+                .output()
+                .expect("re-exec the bench binary");
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("E2E_RESULT ")) else {
+                panic!("variant {variant} failed ({}): {stdout}", out.status);
+            };
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            eprintln!("round {round} {variant}: {line}");
+            results.push((round, v));
+        }
+    }
+
+    let median = |variant: &str, key: &str| -> f64 {
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|(_, r)| r["variant"] == variant)
+            .filter_map(|(_, r)| r[key].as_f64())
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    let rate = |round: u64, variant: &str| -> f64 {
+        results
+            .iter()
+            .find(|(r, v)| *r == round && v["variant"] == variant)
+            .and_then(|(_, v)| v["records_per_sec"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let mut md = String::new();
+    md.push_str(&format!(
+        "e2e consume: {n} records of {size} B (+5 headers) over {partitions} partitions, \
+         one topic, {rounds} alternating rounds (fill: {fill_secs:.0} s)\n\n"
+    ));
+    md.push_str("| round | raw BaseConsumer rec/s | runtime, no-op rec/s | runtime, full stack rec/s | b/a | c/a |\n");
+    md.push_str("|---|---|---|---|---|---|\n");
+    for round in 1..=rounds {
+        let (a, b, c) = (
+            rate(round, "raw"),
+            rate(round, "runtime"),
+            rate(round, "stack"),
+        );
+        md.push_str(&format!(
+            "| {round} | {a:.0} | {b:.0} | {c:.0} | {:.3} | {:.3} |\n",
+            b / a,
+            c / a
+        ));
+    }
+    let (ma, mb, mc) = (
+        median("raw", "records_per_sec"),
+        median("runtime", "records_per_sec"),
+        median("stack", "records_per_sec"),
+    );
+    md.push_str(&format!(
+        "| **median** | **{ma:.0}** | **{mb:.0}** | **{mc:.0}** | **{:.3}** | **{:.3}** |\n\n",
+        mb / ma,
+        mc / ma
+    ));
+    md.push_str("| variant | records/s (median) | service-call p50 | service-call p99 | peak RSS (median) |\n");
+    md.push_str("|---|---|---|---|---|\n");
+    for (variant, label) in [
+        ("raw", "(a) raw rdkafka BaseConsumer"),
+        ("runtime", "(b) kafka-tower runtime, no-op service"),
+        (
+            "stack",
+            "(c) runtime + JWT (cache) + metrics + schema + context",
+        ),
+    ] {
+        let lat = |k: &str| {
+            let v = median(variant, k);
+            if v.is_nan() {
+                "—".to_owned()
+            } else {
+                format!("{v:.1} µs")
+            }
+        };
+        md.push_str(&format!(
+            "| {label} | {:.0} | {} | {} | {:.1} MiB |\n",
+            median(variant, "records_per_sec"),
+            lat("p50_us"),
+            lat("p99_us"),
+            median(variant, "peak_rss_kib") / 1024.0
+        ));
+    }
+    print!("{md}");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(format!("{dir}/e2e.md"), &md).unwrap();
+    let json = json!({
+        "records": n, "size": size, "partitions": partitions, "rounds": rounds,
+        "fill_secs": fill_secs,
+        "median": {"raw": ma, "runtime": mb, "stack": mc},
+        "ratios": {"b_over_a": mb / ma, "c_over_a": mc / ma},
+        "runs": results.iter().map(|(r, v)| { let mut v = v.clone(); v["round"] = json!(r); v }).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        format!("{dir}/e2e.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Creates the topic and fills it with `n` records unless it already holds
+/// them. Returns the seconds the fill took (0 when re-used).
+fn fill(bootstrap: &str, topic: &str, n: u64, size: usize, partitions: i32) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let created = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    drop(created); // "already exists" is fine: counted below
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-e2e-probe")
+        .create()
+        .unwrap();
+    let count = |probe: &BaseConsumer| -> u64 {
+        (0..partitions)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map(|(lo, hi)| (hi - lo) as u64)
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let have = count(&probe);
+    if have >= n {
+        eprintln!("e2e bench: re-using topic {topic} ({have} records)");
+        return 0.0;
+    }
+    eprintln!("e2e bench: filling {topic} with {} records", n - have);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("acks", "1")
+        .create()
+        .unwrap();
+    let payload = fixtures::order_payload(size);
+    // Tokens valid for a year, so that a re-used topic still passes the
+    // JWT layer.
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &{
+            let mut c = fixtures::claims();
+            c["exp"] = json!(c["exp"].as_u64().unwrap() + 364 * 86_400);
+            c
+        },
+        &jsonwebtoken::EncodingKey::from_secret(fixtures::SECRET).unwrap(),
+    )
+    .unwrap();
+    let headers = fixtures::headers(&token);
+    let start = Instant::now();
+    for i in have..n {
+        let key = format!("order-{i}");
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in &headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(&payload[..])
+            .headers(h);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let now = count(&probe);
+    assert!(
+        now >= n,
+        "topic holds {now} records after the fill, want {n}"
+    );
+    eprintln!(
+        "e2e bench: filled in {secs:.1} s ({:.0} rec/s)",
+        (n - have) as f64 / secs
+    );
+    secs
+}
+
+// ----------------------------------------------------------------- child
+
+/// Counts served records, times them and wakes the waiter at the target.
+struct Tally {
+    base: Instant,
+    target: u64,
+    count: AtomicU64,
+    failed: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+    hist: Histogram,
+    done: tokio::sync::Notify,
+}
+
+impl Tally {
+    fn new(target: u64) -> Tally {
+        Tally {
+            base: Instant::now(),
+            target,
+            count: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_ns: AtomicU64::new(u64::MAX),
+            last_ns: AtomicU64::new(0),
+            hist: Histogram::new(),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+    fn start(&self) -> u64 {
+        let t = self.now_ns();
+        self.first_ns.fetch_min(t, Relaxed);
+        t
+    }
+    fn finish(&self, started: Option<u64>, ok: bool) {
+        let t = self.now_ns();
+        self.last_ns.fetch_max(t, Relaxed);
+        if let Some(s) = started {
+            self.hist.record(t.saturating_sub(s));
+        }
+        if !ok {
+            self.failed.fetch_add(1, Relaxed);
+        }
+        if self.count.fetch_add(1, Relaxed) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+    fn rate(&self) -> f64 {
+        let n = self.count.load(Relaxed);
+        let span = self.last_ns.load(Relaxed) - self.first_ns.load(Relaxed);
+        n as f64 / (span as f64 / 1e9)
+    }
+}
+
+/// A log-linear histogram of nanoseconds (16 sub-buckets per power of two,
+/// ~6 % resolution), lock-free and allocation-free per record.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: (0..64 * 16).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+    fn index(v: u64) -> usize {
+        if v < 16 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize; // >= 4
+        let sub = ((v >> (e - 4)) & 15) as usize;
+        (e - 3) * 16 + sub
+    }
+    fn value(i: usize) -> u64 {
+        if i < 16 {
+            return i as u64;
+        }
+        let (e, sub) = (i / 16 + 3, (i % 16) as u64);
+        (16 + sub) << (e - 4)
+    }
+    fn record(&self, ns: u64) {
+        self.buckets[Self::index(ns)].fetch_add(1, Relaxed);
+    }
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(Self::value(i) as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+/// Wraps the whole service: times each call and counts it.
+#[derive(Clone)]
+struct Probe<S> {
+    inner: S,
+    tally: &'static Tally,
+}
+
+impl<S, B> Service<Request<RecordBody>> for Probe<S>
+where
+    S: Service<Request<RecordBody>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = ProbeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RecordBody>) -> Self::Future {
+        let started = self.tally.start();
+        ProbeFuture {
+            inner: self.inner.call(req),
+            started,
+            tally: self.tally,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ProbeFuture<F> {
+        #[pin]
+        inner: F,
+        started: u64,
+        tally: &'static Tally,
+    }
+}
+
+impl<F, B, E> Future for ProbeFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        let ok = matches!(&out, Ok(r) if r.status().is_success());
+        this.tally.finish(Some(*this.started), ok);
+        Poll::Ready(out)
+    }
+}
+
+fn child(args: &[String], variant: &str) {
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect("KAFKA_BOOTSTRAP_SERVERS");
+    let topic = arg(args, "--topic").expect("--topic");
+    let group = arg(args, "--group").expect("--group");
+    let n: u64 = arg(args, "--records").expect("--records").parse().unwrap();
+    let timeout = Duration::from_secs(env_u64("BENCH_E2E_TIMEOUT", 600));
+    let tally: &'static Tally = Box::leak(Box::new(Tally::new(n)));
+    let mut extra = json!({});
+    match variant {
+        "raw" => raw(&bootstrap, &topic, &group, tally, timeout),
+        "runtime" | "stack" => {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            extra = rt.block_on(runtime(
+                &bootstrap,
+                &topic,
+                &group,
+                tally,
+                timeout,
+                variant == "stack",
+            ));
+        }
+        other => panic!("unknown variant {other}"),
+    }
+    let served = tally.count.load(Relaxed);
+    let failed = tally.failed.load(Relaxed);
+    let (p50, p99) = if variant == "raw" {
+        (None, None)
+    } else {
+        (tally.hist.quantile(0.5), tally.hist.quantile(0.99))
+    };
+    let mut result = json!({
+        "variant": variant, "records": served, "failed": failed,
+        "records_per_sec": tally.rate(),
+        "seconds": (tally.last_ns.load(Relaxed) - tally.first_ns.load(Relaxed)) as f64 / 1e9,
+        "p50_us": p50, "p99_us": p99,
+        "peak_rss_kib": peak_rss_kib(),
+    });
+    if let (Some(r), Some(e)) = (result.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    println!("E2E_RESULT {result}");
+}
+
+fn raw(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Duration) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut touched = 0u64;
+    while tally.count.load(Relaxed) < tally.target {
+        assert!(Instant::now() < deadline, "raw consumer: timed out");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                tally.start();
+                if let Some(p) = msg.payload() {
+                    // Touch the payload: its length and first and last bytes.
+                    touched = touched.wrapping_add(p.len() as u64);
+                    touched = touched.wrapping_add(u64::from(p[0]) + u64::from(p[p.len() - 1]));
+                }
+                tally.finish(None, true);
+            }
+            Some(Err(e)) => eprintln!("raw consumer: {e}"),
+            None => {}
+        }
+    }
+    std::hint::black_box(touched);
+}
+
+async fn runtime(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    tally: &'static Tally,
+    timeout: Duration,
+    stack: bool,
+) -> serde_json::Value {
+    let mut builder = Consumer::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(group)
+        .topics([topic])
+        .property("auto.offset.reset", "earliest");
+    // Diagnostics only; the reported runs use the defaults.
+    if let Ok(n) = std::env::var("BENCH_E2E_BUFFER_PER_PARTITION") {
+        builder = builder.buffer_per_partition(n.parse().unwrap());
+    }
+    if let Ok(n) = std::env::var("BENCH_E2E_MAX_IN_FLIGHT") {
+        builder = builder.max_in_flight(n.parse().unwrap());
+    }
+    let consumer = builder.build().unwrap();
+    let stats = consumer.stats();
+    let shutdown = async {
+        tokio::select! {
+            _ = tally.done.notified() => {}
+            _ = tokio::time::sleep(timeout) => panic!("runtime consumer: timed out"),
+        }
+    };
+    if stack {
+        let svc = ServiceBuilder::new()
+            .layer(tower::layer::layer_fn(|inner| Probe { inner, tally }))
+            .layer(fixtures::jwt_layer(1000))
+            .layer(fixtures::metrics_layer())
+            .layer(fixtures::schema_layer_for(topic))
+            .layer(CaptureContextLayer::new())
+            .service(fixtures::Noop);
+        consumer.serve(svc, shutdown).await.unwrap();
+    } else {
+        let svc = Probe {
+            inner: fixtures::Noop,
+            tally,
+        };
+        consumer.serve(svc, shutdown).await.unwrap();
+    }
+    json!({"commits": stats.commits(), "dead_lettered": stats.dead_lettered(),
+        "peak_buffered": stats.peak_buffered(), "pauses": stats.pauses()})
+}
