@@ -70,6 +70,7 @@ struct Inner {
     /// By source topic.
     stores: HashMap<String, Arc<StoreEntry>>,
     internal_topics: Vec<(String, Option<i32>, bool)>,
+    create_topics: bool,
     partition_counts: Mutex<HashMap<String, i32>>,
     hosts: Hosts,
     checkpoint_interval: Duration,
@@ -112,9 +113,20 @@ pub struct StreamsBuilder {
     instance_id: Option<String>,
     checkpoint_interval: Duration,
     replication: i32,
+    create_topics: bool,
 }
 
 impl StreamsBuilder {
+    /// Whether [`Streams::prepare`] creates the internal topics (default
+    /// `true`). Turn it off where the admin API is unavailable (librdkafka's
+    /// mock cluster) or topics are managed elsewhere; they must then exist:
+    /// the changelogs and `<application>-hosts` compacted, each changelog
+    /// with its source's partition count.
+    pub fn create_topics(mut self, yes: bool) -> Self {
+        self.create_topics = yes;
+        self
+    }
+
     /// A store named `name` holding state per partition of `source_topic`;
     /// its changelog is `<application>-<name>-changelog`. One store per
     /// source topic.
@@ -209,6 +221,7 @@ impl StreamsBuilder {
                 stats: Arc::default(),
                 stores,
                 internal_topics: self.internal_topics,
+                create_topics: self.create_topics,
                 partition_counts: Mutex::default(),
                 hosts,
                 checkpoint_interval: self.checkpoint_interval,
@@ -256,6 +269,7 @@ impl Streams {
             instance_id: None,
             checkpoint_interval: Duration::from_secs(30),
             replication: 1,
+            create_topics: true,
         }
     }
 
@@ -355,6 +369,46 @@ impl Streams {
                 pc.insert(t.clone(), *n);
             }
         }
+        if self.inner.create_topics {
+            self.create_internal_topics(&wanted).await?;
+        }
+        let hosts = self.clone();
+        tokio::task::spawn_blocking(move || hosts.inner.hosts.start())
+            .await
+            .map_err(error)?
+            .map_err(StreamsError)?;
+        Ok(())
+    }
+
+    /// The internal topics [`Streams::prepare`] creates: name, partitions,
+    /// compacted. Known once the source topics' partition counts are read,
+    /// i.e. after `prepare` (which fills them even when it does not create
+    /// topics).
+    pub fn internal_topics(&self) -> Vec<(String, i32, bool)> {
+        let pc = self
+            .inner
+            .partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, i32, bool)> = self
+            .inner
+            .stores
+            .values()
+            .filter_map(|e| pc.get(&e.source).map(|n| (e.changelog.clone(), *n, true)))
+            .collect();
+        for (t, n, c) in &self.inner.internal_topics {
+            if let Some(n) = n.or_else(|| pc.get(t).copied()) {
+                v.push((t.clone(), n, *c));
+            }
+        }
+        v.push((self.inner.hosts.topic().to_owned(), 1, true));
+        v
+    }
+
+    async fn create_internal_topics(
+        &self,
+        wanted: &[(String, i32, bool)],
+    ) -> Result<(), StreamsError> {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config().create().map_err(error)?;
         let new: Vec<NewTopic<'_>> = wanted
@@ -378,11 +432,6 @@ impl Streams {
                 Err((t, e)) => return Err(StreamsError(format!("cannot create topic {t}: {e}"))),
             }
         }
-        let hosts = self.clone();
-        tokio::task::spawn_blocking(move || hosts.inner.hosts.start())
-            .await
-            .map_err(error)?
-            .map_err(StreamsError)?;
         Ok(())
     }
 

@@ -119,20 +119,39 @@ async fn main() -> Result<(), BoxError> {
         events: format!("{app}-events"),
         partitions: env("PARTITIONS", "4").parse()?,
     };
-    let _mock;
+    // librdkafka's mock cluster supports transactions but not the admin
+    // API: there, every topic is created up front and `prepare` creates none.
+    let mut _mock = None;
     let bootstrap = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-        Ok(b) => b,
+        Ok(b) => {
+            create_topics(&b, &topics).await?;
+            b
+        }
         Err(_) => {
             let mock = MockCluster::new(1)?;
             let b = mock.bootstrap_servers();
-            _mock = mock;
+            let n = topics.partitions;
+            for (t, p) in [
+                (topics.commands.clone(), n),
+                (topics.events.clone(), n),
+                (format!("{}.dlq", topics.commands), 1),
+                (format!("{}.dlq", topics.events), 1),
+                (format!("{app}-accounts-changelog"), n),
+                (format!("{app}-by-account-changelog"), n),
+                (format!("{app}-by-customer-changelog"), n),
+                (format!("{app}-by-customer-repartition"), n),
+                (format!("{app}-hosts"), 1),
+            ] {
+                mock.create_topic(&t, p, 1)?;
+            }
+            _mock = Some(mock);
             eprintln!(
                 "KAFKA_BOOTSTRAP_SERVERS unset: using librdkafka's in-process mock cluster at {b}"
             );
             b
         }
     };
-    create_topics(&bootstrap, &topics).await?;
+    let real_broker = _mock.is_none();
     let store_kind = match std::env::var("STORE_DIR") {
         Ok(dir) => StoreKind::Redb {
             dir: format!("{dir}/{instance}").into(),
@@ -155,6 +174,7 @@ async fn main() -> Result<(), BoxError> {
         let streams = Streams::builder(&app, &bootstrap)
             .store("accounts", &topics.commands)
             .store_kind(store_kind.clone())
+            .create_topics(real_broker)
             .build()?;
         streams.prepare().await?;
         let service = AggregateService::<BankAccount>::new(topics.events.as_str());
@@ -189,11 +209,14 @@ async fn main() -> Result<(), BoxError> {
             .repartition_topic("by-customer", Some(topics.partitions))
             .advertised_host(addr.clone())
             .store_kind(store_kind)
+            .create_topics(real_broker)
             .build()?;
         let repartition = streams.repartition_topic("by-customer");
         // The repartition topic must exist before `prepare` reads its
         // partition count: create it first (prepare creates the rest).
-        create_repartition(&bootstrap, &repartition, topics.partitions).await?;
+        if real_broker {
+            create_repartition(&bootstrap, &repartition, topics.partitions).await?;
+        }
         streams.prepare().await?;
         let by_account = Projection::new(fold_account).repartition(
             repartition.clone(),
