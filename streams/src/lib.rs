@@ -1,4 +1,4 @@
-//! Event sourcing and CQRS on Kafka alone, in Tower form.
+#![doc = include_str!("../docs/crate.md")]
 
 pub mod aggregate;
 mod hosts;
