@@ -143,6 +143,7 @@ fn main() {
     let path = ServingPath::new();
     let path_no_ctx = ServingPath::with_context_capture(false);
     let stack = ServiceBuilder::new()
+        .layer(kafka_tower_trace::TraceLayer::new())
         .layer(jwt_layer(1000))
         .layer(metrics_layer())
         .layer(schema_layer())
@@ -175,7 +176,7 @@ fn main() {
             }),
         ),
         (
-            "serving path, full stack (JWT cache hit, metrics, schema, context)",
+            "serving path, full stack (trace, JWT cache hit, metrics, schema, context)",
             Box::new(|| {
                 let r = fresh(&template);
                 assert!(ready(path.serve_with_uri(stack.clone(), &r, uri.clone())));

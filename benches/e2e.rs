@@ -5,8 +5,9 @@
 //!   ceiling;
 //! * `runtime` — `kafka_tower::Consumer` with a no-op service, at-least-once
 //!   commits on (the default configuration);
-//! * `stack` — the same runtime with the full layer stack (JWT with the
-//!   cache on, Prometheus metrics, JSON Schema, context capture).
+//! * `stack` — the same runtime with the full layer stack (tracing without
+//!   a subscriber, JWT with the cache on, Prometheus metrics, JSON Schema,
+//!   context capture).
 //!
 //! ```text
 //! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench --bench e2e
@@ -581,6 +582,7 @@ async fn runtime(
     if stack {
         let svc = ServiceBuilder::new()
             .layer(tower::layer::layer_fn(|inner| Probe { inner, tally }))
+            .layer(kafka_tower_trace::TraceLayer::new())
             .layer(fixtures::jwt_layer(1000))
             .layer(fixtures::metrics_layer())
             .layer(fixtures::schema_layer_for(topic))

@@ -42,9 +42,12 @@ use kafka_tower::{BoxError, ConsumedRecord, RecordBody};
 use kafka_tower_jwt::{Algorithm, JwtLayer, VerificationKey};
 use kafka_tower_metrics::MetricsLayer;
 use kafka_tower_schema::JsonSchemaLayer;
+use kafka_tower_trace::TraceLayer;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde_json::json;
 use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service, ServiceBuilder};
+use tracing_subscriber::layer::SubscriberExt as _;
 
 /// The request the runtime hands the first layer for `record` (attempt 1).
 fn request_of(record: &ConsumedRecord) -> Request<RecordBody> {
@@ -248,8 +251,31 @@ fn layers(c: &mut Criterion) {
     bench_layer(&mut g, "schema_512B_order", schema_layer(), &rec);
     bench_layer(&mut g, "capture_context", CaptureContextLayer::new(), &rec);
     bench_layer(&mut g, "metrics", metrics_layer(), &rec);
+    bench_layer(&mut g, "trace_no_subscriber", TraceLayer::new(), &rec);
+    {
+        // With a subscriber: spans go through tracing-opentelemetry to an
+        // in-memory exporter (emptied outside the measurement).
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(kafka_tower_trace::tracing_layer(&provider)),
+        );
+        let mut svc = TraceLayer::new().layer(Noop);
+        g.bench_function("trace_exported_span", |b| {
+            b.iter_batched(
+                || {
+                    exporter.reset();
+                    request_of(&rec)
+                },
+                |req| ready(svc.call(req)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     // Layers still being written join here, one line each, e.g.
-    // bench_layer(&mut g, "trace", kafka_tower_trace::TraceLayer::new(), &rec);
+    // bench_layer(&mut g, "audit", kafka_tower_audit::AuditLayer::new(..), &rec);
     g.finish();
 
     let mut g = c.benchmark_group("stack");
@@ -302,19 +328,21 @@ fn layers(c: &mut Criterion) {
     g.finish();
 }
 
-/// Every kafka-tower layer available: authentication, metrics (inside
-/// authentication, for its client view), validation, context capture. (`CaptureContextLayer` needs a `Default` response
+/// Every kafka-tower layer available: tracing (no subscriber installed),
+/// authentication, metrics (inside authentication, for its client view),
+/// validation, context capture. (`CaptureContextLayer` needs a `Default` response
 /// body, which the JWT and schema layers' refusal bodies are not, so it
 /// sits inside them.)
 type FullStack = ServiceBuilder<
     Stack<
         CaptureContextLayer,
-        Stack<JsonSchemaLayer, Stack<MetricsLayer, Stack<JwtLayer, Identity>>>,
+        Stack<JsonSchemaLayer, Stack<MetricsLayer, Stack<JwtLayer, Stack<TraceLayer, Identity>>>>,
     >,
 >;
 
 fn full_stack() -> FullStack {
     ServiceBuilder::new()
+        .layer(TraceLayer::new())
         .layer(jwt_layer(1000))
         .layer(metrics_layer())
         .layer(schema_layer())

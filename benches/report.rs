@@ -45,7 +45,11 @@ const IN_PROCESS: &[(&str, &str)] = &[
     ("layer/jwt_cold_EdDSA", "JWT cold EdDSA"),
     ("layer/schema_512B_order", "JSON Schema, 512 B order"),
     ("layer/schema_1KB_20_props", "JSON Schema, 1 KB / 20 props"),
-    ("layer/trace", "trace layer"),
+    ("layer/trace_no_subscriber", "TraceLayer, no subscriber"),
+    (
+        "layer/trace_exported_span",
+        "TraceLayer, span exported (in-memory)",
+    ),
     ("layer/metrics", "metrics layer"),
     ("layer/audit", "audit layer (null sink)"),
     ("stack/full_stack", "full stack (layers only)"),
