@@ -594,6 +594,11 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
     // Partition mode: per partition, the lane buffer, one look-ahead record
     // and at most one stashed record.
     let bound = 2 * (buffer + 1 + 1);
+    eprintln!(
+        "backpressure test: peak buffered {} (bound {bound}), {} pauses, {n} records served",
+        stats.peak_buffered(),
+        stats.pauses()
+    );
     assert!(
         stats.peak_buffered() <= bound,
         "peak buffered {} exceeds the bound {bound}",

@@ -19,7 +19,7 @@ pub use config::{
     PropertyValue, RetryPolicy,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
-pub use exactly_once::{ExactlyOnce, Outbox, PartitionsCallback};
+pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};
 pub use outcome::{is_retryable_status, ErrorClass};
 pub use producer::{Delivery, ProduceError, Producer};
 pub use stats::{PartitionLag, RuntimeStats};
