@@ -189,7 +189,7 @@ fn parent(bootstrap: &str) {
         ("runtime", "(b) kafka-tower runtime, no-op service"),
         (
             "stack",
-            "(c) runtime + JWT (cache) + metrics + schema + context",
+            "(c) runtime + trace + JWT (cache) + metrics + schema + context",
         ),
     ] {
         let lat = |k: &str| {

@@ -113,12 +113,19 @@ fn machine() -> String {
     };
     format!(
         "| | |\n|---|---|\n| CPUs (`nproc`) | {} |\n| CPU | {model} |\n| memory | {mem_gib:.1} GiB |\n\
-         | kernel | {} |\n| rustc | {} |\n| date | {} |\n| git revision | `{}`{dirty} |\n",
+         | kernel | {} |\n| rustc | {} |\n| date | {} |\n| git revision | `{}`{dirty} |\n\
+         | load average at report time (1, 5, 15 min) | {} |\n",
         sh("nproc", &[]),
         sh("uname", &["-r"]),
         sh("rustc", &["--version"]),
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         sh("git", &["rev-parse", "--short", "HEAD"]),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 
@@ -210,6 +217,7 @@ fn main() {
     if let Ok(s) = std::fs::read_to_string(results.join("alloc.md")) {
         md.push_str("\n## Heap allocations per record (counting allocator)\n\n");
         md.push_str(&s);
+        md.push_str("\nThe call site of each allocation of one record: `alloc-sites.txt`.\n");
     }
     if let Ok(s) = std::fs::read_to_string(results.join("e2e.md")) {
         md.push_str("\n## End to end against the broker (consume)\n\n");
