@@ -1,0 +1,1 @@
+//! A mixed consumer run on a real broker, audited to an audit topic.
