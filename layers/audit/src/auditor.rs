@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::caller::AuditCallerLayer;
 use crate::capture::NoPayload;
 use crate::chain::Chainer;
 use crate::layer::AuditLayer;
@@ -369,6 +370,13 @@ impl Auditor {
     /// A layer auditing every call of the service it wraps.
     pub fn layer(&self) -> AuditLayer<NoPayload> {
         AuditLayer::new(self.clone())
+    }
+
+    /// A layer to place *inside* an authentication layer that sits inside
+    /// this auditor's [`AuditLayer`]: it reports the [`Caller`](kafka_tower::Caller)
+    /// to the audit record. See [`crate::caller`].
+    pub fn caller_layer(&self) -> AuditCallerLayer {
+        AuditCallerLayer
     }
 
     /// Records dropped because the queue was full

@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auditor::{Auditor, Config, Shared};
+use crate::caller::CallerSlot;
 use crate::capture::{CapturePayload, NoPayload};
 use crate::future::{AuditBody, ResponseFuture};
 use crate::mask::PayloadPolicy;
@@ -27,7 +28,10 @@ use crate::record::{
 /// authentication layer such as `kafka-tower-jwt`'s `JwtLayer`, a schema
 /// layer): a refused call then still gets an audit record naming the
 /// refusing layer. The caller's identity ([`Caller`]) is read from the
-/// request as it reaches this layer, so a refused call has none.
+/// request as it reaches this layer or, when an authentication layer
+/// inside establishes it, reported by an
+/// [`AuditCallerLayer`](crate::AuditCallerLayer) placed inside that layer;
+/// a refused call has none.
 #[derive(Clone)]
 pub struct AuditLayer<P = NoPayload> {
     auditor: Auditor,
@@ -133,10 +137,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let record = start_record(&req, &self.shared.config);
+        // No caller yet: an inner `AuditCallerLayer` may report one.
+        let caller = if req.extensions().get::<Caller>().is_none() {
+            let slot = CallerSlot::default();
+            req.extensions_mut().insert(slot.clone());
+            Some(slot)
+        } else {
+            None
+        };
         let pending = Pending {
-            record: start_record(&req, &self.shared.config),
+            record,
             payload: self.capture.capture(&req),
+            caller,
             start: Instant::now(),
         };
         ResponseFuture::new(self.inner.call(req), pending, self.shared.clone())
@@ -147,6 +161,7 @@ where
 pub(crate) struct Pending {
     record: AuditRecord,
     payload: Option<Bytes>,
+    caller: Option<CallerSlot>,
     start: Instant,
 }
 
@@ -159,6 +174,7 @@ impl Pending {
     ) -> AuditRecord {
         let r = &mut self.record;
         r.latency_us = self.start.elapsed().as_micros() as u64;
+        set_caller(r, self.caller.as_ref());
         match res {
             Ok(res) => {
                 r.status = Some(res.status().as_u16());
@@ -189,9 +205,20 @@ impl Pending {
     /// dropped (`class`).
     pub(crate) fn abandon(mut self, class: &'static str) -> AuditRecord {
         self.record.latency_us = self.start.elapsed().as_micros() as u64;
+        set_caller(&mut self.record, self.caller.as_ref());
         self.record.outcome = Outcome::Retryable;
         self.record.error_class = Some(class.to_owned());
         self.record
+    }
+}
+
+/// Fills the caller an inner [`AuditCallerLayer`](crate::AuditCallerLayer)
+/// reported.
+fn set_caller(r: &mut AuditRecord, slot: Option<&CallerSlot>) {
+    if let Some(caller) = slot.and_then(|s| s.0.get()) {
+        r.subject = caller.subject().map(str::to_owned);
+        r.client_id = caller.client_id().map(str::to_owned);
+        r.calling_service = caller.service_id().map(str::to_owned);
     }
 }
 
@@ -261,6 +288,7 @@ fn start_record<B>(req: &Request<B>, config: &Config) -> AuditRecord {
         }
     }
     if let Some(caller) = ext.get::<Caller>() {
+        // Read here when an outer layer established it.
         r.subject = caller.subject().map(str::to_owned);
         r.client_id = caller.client_id().map(str::to_owned);
         r.calling_service = caller.service_id().map(str::to_owned);
@@ -418,6 +446,7 @@ mod tests {
         Pending {
             record: start_record(&record_request(), &config(KeyMode::Plain)),
             payload: payload.map(Bytes::from_static),
+            caller: None,
             start: Instant::now(),
         }
     }

@@ -34,7 +34,10 @@
 //!
 //! Place the layer *outside* the layers whose refusals it should record —
 //! an authentication or schema layer refuses before the service runs, and
-//! the audit layer sees its refusal in the response.
+//! the audit layer sees its refusal in the response — and
+//! [`Auditor::caller_layer`] *inside* the authentication layer, to report
+//! the [`kafka_tower::Caller`] it establishes back to the record
+//! ([`caller`]).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -95,7 +98,7 @@
 //! |---|---|
 //! | `timestamp`, `latency_us` | the call's start (RFC 3339 UTC, µs) and duration |
 //! | `service_id` | the configuration |
-//! | `client_id`, `subject`, `calling_service` | the [`kafka_tower::Caller`] request extension |
+//! | `client_id`, `subject`, `calling_service` | the [`kafka_tower::Caller`] request extension, as it reaches the audit layer or an inner [`AuditCallerLayer`] |
 //! | `correlation_id`, `traceability_id`, `trace_id` | the [`kafka_tower::PropagatedContext`] extension, else the `x-correlation-id`, `x-traceability-id`, `traceparent` headers |
 //! | `topic`, `partition`, `offset`, `key` / `key_sha256`, `group`, `attempt` | the [`kafka_tower::RecordMeta`] extension |
 //! | `method`, `path` | the request, when it is not a Kafka record |
@@ -120,6 +123,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auditor;
+pub mod caller;
 pub mod capture;
 pub mod chain;
 pub mod future;
@@ -131,6 +135,7 @@ pub mod record;
 pub mod sink;
 
 pub use auditor::{AuditClosed, AuditError, Auditor, AuditorBuilder, QueueFullPolicy};
+pub use caller::{AuditCaller, AuditCallerLayer};
 pub use capture::{BodyPayload, CapturePayload, NoPayload, PeekBody};
 pub use future::{AuditBody, ResponseFuture};
 #[cfg(feature = "kafka")]
