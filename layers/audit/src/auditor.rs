@@ -23,13 +23,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::caller::AuditCallerLayer;
 use crate::capture::NoPayload;
 use crate::chain::Chainer;
-use crate::layer::AuditLayer;
+use crate::layer::{AuditLayer, Draft};
 use crate::mask::PayloadPolicy;
 use crate::record::{AuditRecord, KeyMode};
 use crate::sink::AuditSink;
@@ -50,8 +51,11 @@ pub enum QueueFullPolicy {
 /// (`must_audit`).
 pub(crate) type Ack = Result<(), String>;
 
+// Not boxed: a box would be one more allocation per call, freed on the
+// writer thread (cross-thread frees contend on the allocator's locks).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Entry {
-    Record(Box<AuditRecord>, Option<oneshot::Sender<Ack>>),
+    Record(Draft, Option<oneshot::Sender<Ack>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -71,7 +75,7 @@ pub(crate) struct Config {
 }
 
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
     pub(crate) tx: mpsc::Sender<Entry>,
     pub(crate) counters: Arc<Counters>,
 }
@@ -89,21 +93,21 @@ pub(crate) enum Submitted {
     /// Queued; the receiver tells whether the sinks wrote it.
     Awaiting(oneshot::Receiver<Ack>),
     /// The queue is full and the policy is to wait.
-    Full(Reserve, Entry, Option<oneshot::Receiver<Ack>>),
+    Full(Reserve, Box<Entry>, Option<oneshot::Receiver<Ack>>),
     /// Dropped: the queue was full (and counted), or the writer is gone.
     Dropped(&'static str),
 }
 
 impl Shared {
     /// Hands `record` to the queue without waiting.
-    pub(crate) fn submit(&self, record: AuditRecord, in_drop: bool) -> Submitted {
+    pub(crate) fn submit(&self, record: Draft, in_drop: bool) -> Submitted {
         let (ack_tx, ack_rx) = if self.config.must_audit && !in_drop {
             let (t, r) = oneshot::channel();
             (Some(t), Some(r))
         } else {
             (None, None)
         };
-        match self.tx.try_send(Entry::Record(Box::new(record), ack_tx)) {
+        match self.tx.try_send(Entry::Record(record, ack_tx)) {
             Ok(()) => match ack_rx {
                 Some(rx) => Submitted::Awaiting(rx),
                 None => Submitted::Queued,
@@ -111,7 +115,7 @@ impl Shared {
             Err(mpsc::error::TrySendError::Full(entry)) => {
                 if self.config.policy == QueueFullPolicy::Block && !in_drop {
                     let reserve: Reserve = Box::pin(self.tx.clone().reserve_owned());
-                    Submitted::Full(reserve, entry, ack_rx)
+                    Submitted::Full(reserve, Box::new(entry), ack_rx)
                 } else {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     Submitted::Dropped("queue_full")
@@ -178,6 +182,7 @@ pub struct AuditorBuilder {
     policy: QueueFullPolicy,
     capacity: usize,
     batch: usize,
+    linger: Duration,
     chain: bool,
     masks: Vec<String>,
     max_payload_bytes: usize,
@@ -193,6 +198,7 @@ impl fmt::Debug for AuditorBuilder {
             .field("policy", &self.policy)
             .field("capacity", &self.capacity)
             .field("batch", &self.batch)
+            .field("linger", &self.linger)
             .field("chain", &self.chain)
             .field("masks", &self.masks)
             .field("max_payload_bytes", &self.max_payload_bytes)
@@ -217,6 +223,7 @@ impl Default for AuditorBuilder {
             policy: QueueFullPolicy::Block,
             capacity: 1024,
             batch: 64,
+            linger: Duration::from_millis(1),
             chain: false,
             masks: Vec::new(),
             max_payload_bytes: 64 * 1024,
@@ -261,6 +268,17 @@ impl AuditorBuilder {
     /// The most records handed to a sink at once (default 64).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch = n;
+        self
+    }
+
+    /// How long the writer waits for more records after a batch smaller
+    /// than [`batch_size`](Self::batch_size) (default 1 ms). Waking the
+    /// writer thread for every record would cost each call a system call;
+    /// lingering lets records accumulate, at the price of that much more
+    /// delay before a record is written (and before a `must_audit` call
+    /// answers). `Duration::ZERO` writes every record at once.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
         self
     }
 
@@ -311,13 +329,25 @@ impl AuditorBuilder {
             .enable_all()
             .build()
             .map_err(AuditError::Spawn)?;
+        let config = Arc::new(Config {
+            service_id: self.service_id,
+            key_mode: self.key_mode,
+            must_audit: self.must_audit,
+            policy: self.policy,
+            payload: PayloadPolicy {
+                masks: self.masks,
+                max_bytes: self.max_payload_bytes,
+            },
+        });
         let writer = Writer {
+            config: config.clone(),
             sinks: self.sinks,
             chainer: self
                 .chain
                 .then(|| Chainer::new(uuid::Uuid::new_v4().simple().to_string())),
             counters: counters.clone(),
             batch: self.batch,
+            linger: self.linger,
         };
         std::thread::Builder::new()
             .name("kafka-tower-audit".to_owned())
@@ -325,16 +355,7 @@ impl AuditorBuilder {
             .map_err(AuditError::Spawn)?;
         Ok(Auditor {
             shared: Arc::new(Shared {
-                config: Config {
-                    service_id: self.service_id,
-                    key_mode: self.key_mode,
-                    must_audit: self.must_audit,
-                    policy: self.policy,
-                    payload: PayloadPolicy {
-                        masks: self.masks,
-                        max_bytes: self.max_payload_bytes,
-                    },
-                },
+                config,
                 tx,
                 counters,
             }),
@@ -410,10 +431,12 @@ impl Auditor {
 
 /// The writer thread's state.
 struct Writer {
+    config: Arc<Config>,
     sinks: Vec<Arc<dyn AuditSink>>,
     chainer: Option<Chainer>,
     counters: Arc<Counters>,
     batch: usize,
+    linger: Duration,
 }
 
 impl Writer {
@@ -422,16 +445,18 @@ impl Writer {
         let mut records = Vec::with_capacity(self.batch);
         let mut acks = Vec::with_capacity(self.batch);
         loop {
-            if rx.recv_many(&mut entries, self.batch).await == 0 {
+            let received = rx.recv_many(&mut entries, self.batch).await;
+            if received == 0 {
                 return; // every handle dropped and the queue drained
             }
             for entry in entries.drain(..) {
                 match entry {
-                    Entry::Record(mut record, ack) => {
+                    Entry::Record(draft, ack) => {
+                        let mut record = draft.into_record(&self.config);
                         if let Some(chainer) = self.chainer.as_mut() {
                             chainer.link(&mut record);
                         }
-                        records.push(*record);
+                        records.push(record);
                         acks.push(ack);
                     }
                     Entry::Flush(done) => {
@@ -441,6 +466,11 @@ impl Writer {
                 }
             }
             self.write(&mut records, &mut acks).await;
+            if received < self.batch && !self.linger.is_zero() {
+                // Not waiting on the queue meanwhile: senders do not wake
+                // this thread record by record.
+                tokio::time::sleep(self.linger).await;
+            }
         }
     }
 

@@ -22,7 +22,7 @@ enum Wait {
     /// Nothing: answer.
     Done,
     /// Room in the full queue ([`QueueFullPolicy::Block`](crate::QueueFullPolicy::Block)).
-    Room(Reserve, Option<Entry>, Option<oneshot::Receiver<Ack>>),
+    Room(Reserve, Option<Box<Entry>>, Option<oneshot::Receiver<Ack>>),
     /// The sinks' verdict (`must_audit`).
     Written(oneshot::Receiver<Ack>),
     /// The record could not be written: reason code and detail.
@@ -111,7 +111,7 @@ where
             *this.in_poll = false;
             let res = ready!(polled);
             let pending = this.pending.take().expect("polled after completion");
-            let record = pending.finish(&res, &this.shared.config.payload);
+            let record = pending.finish(&res);
             *this.wait = match this.shared.submit(record, false) {
                 Submitted::Queued => return Poll::Ready(pass(res)),
                 Submitted::Dropped(reason) if must_audit => {
@@ -138,7 +138,7 @@ where
                 }
                 Wait::Room(reserve, entry, rx) => match ready!(reserve.as_mut().poll(cx)) {
                     Ok(permit) => {
-                        permit.send(entry.take().expect("sent once"));
+                        permit.send(*entry.take().expect("sent once"));
                         match rx.take() {
                             Some(rx) => Wait::Written(rx),
                             None => Wait::Done,

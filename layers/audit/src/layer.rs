@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use kafka_tower::context::{CORRELATION_ID, TRACEABILITY_ID, TRACEPARENT};
 use kafka_tower::{Caller, PropagatedContext, RecordMeta, Refusal};
 use sha2::{Digest, Sha256};
@@ -17,7 +17,6 @@ use crate::auditor::{Auditor, Config, Shared};
 use crate::caller::CallerSlot;
 use crate::capture::{CapturePayload, NoPayload};
 use crate::future::{AuditBody, ResponseFuture};
-use crate::mask::PayloadPolicy;
 use crate::record::{
     error_class_of, hex, rfc3339_micros, AuditRecord, KeyMode, Outcome, ERROR_SERVICE,
 };
@@ -138,87 +137,180 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let record = start_record(&req, &self.shared.config);
+        let mut draft = Draft::of_request(&req);
+        draft.payload = self.capture.capture(&req);
         // No caller yet: an inner `AuditCallerLayer` may report one.
-        let caller = if req.extensions().get::<Caller>().is_none() {
+        if draft.caller.is_none() {
             let slot = CallerSlot::default();
             req.extensions_mut().insert(slot.clone());
-            Some(slot)
-        } else {
-            None
-        };
+            draft.caller_slot = Some(slot);
+        }
         let pending = Pending {
-            record,
-            payload: self.capture.capture(&req),
-            caller,
+            draft,
             start: Instant::now(),
         };
         ResponseFuture::new(self.inner.call(req), pending, self.shared.clone())
     }
 }
 
-/// What is known of a call before its response.
-pub(crate) struct Pending {
-    record: AuditRecord,
+/// What the request path keeps of a call: cheap clones (reference counts,
+/// no copies) of what the record is made of. The writer thread turns it
+/// into an [`AuditRecord`] ([`Draft::into_record`]), so formatting,
+/// hashing, payload parsing and masking stay off the request path.
+pub(crate) struct Draft {
+    time: SystemTime,
+    meta: Option<RecordMeta>,
+    method: Option<Method>,
+    uri: Option<Uri>,
+    caller: Option<Caller>,
+    caller_slot: Option<CallerSlot>,
+    correlation_id: Option<HeaderValue>,
+    traceability_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
     payload: Option<Bytes>,
-    caller: Option<CallerSlot>,
-    start: Instant,
+    outcome: Outcome,
+    status: Option<StatusCode>,
+    latency_us: u64,
+    error_class: Option<&'static str>,
+    error: Option<String>,
+    refusal: Option<Refusal>,
 }
 
-impl Pending {
-    /// The finished record of a call that answered `res`.
-    pub(crate) fn finish<B, E: fmt::Display>(
-        mut self,
-        res: &Result<Response<B>, E>,
-        policy: &PayloadPolicy,
-    ) -> AuditRecord {
-        let r = &mut self.record;
-        r.latency_us = self.start.elapsed().as_micros() as u64;
-        set_caller(r, self.caller.as_ref());
-        match res {
-            Ok(res) => {
-                r.status = Some(res.status().as_u16());
-                r.outcome = Outcome::of_response(res);
-                r.error_class = error_class_of(res.status()).map(str::to_owned);
-                if let Some(refusal) = res.extensions().get::<Refusal>() {
-                    r.refused_by = Some(refusal.layer().to_owned());
-                    r.refusal_reason = Some(refusal.reason().to_owned());
-                    if !refusal.detail().is_empty() {
-                        r.refusal_detail = Some(truncate(refusal.detail().to_owned()));
+impl Draft {
+    /// The request-side fields of a call.
+    pub(crate) fn of_request<B>(req: &Request<B>) -> Draft {
+        let ext = req.extensions();
+        let meta = ext.get::<RecordMeta>().cloned();
+        let (method, uri) = match meta {
+            Some(_) => (None, None),
+            None => (Some(req.method().clone()), Some(req.uri().clone())),
+        };
+        let ctx = ext
+            .get::<PropagatedContext>()
+            .map(PropagatedContext::headers);
+        let headers = req.headers();
+        let id = |name: &HeaderName| {
+            ctx.and_then(|h| h.get(name))
+                .or_else(|| headers.get(name))
+                .cloned()
+        };
+        Draft {
+            time: SystemTime::now(),
+            meta,
+            method,
+            uri,
+            caller: ext.get::<Caller>().cloned(),
+            caller_slot: None,
+            correlation_id: id(&CORRELATION_ID),
+            traceability_id: id(&TRACEABILITY_ID),
+            traceparent: id(&TRACEPARENT),
+            payload: None,
+            outcome: Outcome::Ok,
+            status: None,
+            latency_us: 0,
+            error_class: None,
+            error: None,
+            refusal: None,
+        }
+    }
+
+    /// The audit record, per `config`.
+    pub(crate) fn into_record(self, config: &Config) -> AuditRecord {
+        let mut r = AuditRecord::new(rfc3339_micros(self.time), config.service_id.clone());
+        if let Some(meta) = &self.meta {
+            r.topic = Some(meta.topic().to_owned());
+            r.partition = Some(meta.partition());
+            r.offset = Some(meta.offset());
+            r.group = meta.group().map(str::to_owned);
+            r.attempt = Some(meta.attempt());
+            if let Some(key) = meta.key() {
+                match config.key_mode {
+                    KeyMode::Plain => {
+                        r.key = Some(match std::str::from_utf8(key) {
+                            Ok(s) => s.to_owned(),
+                            Err(_) => format!("hex:{}", hex(key)),
+                        })
                     }
+                    KeyMode::Sha256 => r.key_sha256 = Some(hex(&Sha256::digest(key))),
+                    KeyMode::Omit => {}
                 }
             }
-            Err(e) => {
-                r.outcome = Outcome::Retryable;
-                r.error_class = Some(ERROR_SERVICE.to_owned());
-                r.error = Some(truncate(e.to_string()));
+        }
+        r.method = self.method.map(|m| m.as_str().to_owned());
+        r.path = self.uri.map(|u| u.path().to_owned());
+        let caller = self
+            .caller
+            .as_ref()
+            .or_else(|| self.caller_slot.as_ref().and_then(|s| s.0.get()));
+        if let Some(caller) = caller {
+            r.subject = caller.subject().map(str::to_owned);
+            r.client_id = caller.client_id().map(str::to_owned);
+            r.calling_service = caller.service_id().map(str::to_owned);
+        }
+        let text =
+            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned);
+        r.correlation_id = text(&self.correlation_id);
+        r.traceability_id = text(&self.traceability_id);
+        r.trace_id = self
+            .traceparent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id_of)
+            .map(str::to_owned);
+        r.outcome = self.outcome;
+        r.status = self.status.map(|s| s.as_u16());
+        r.latency_us = self.latency_us;
+        r.error_class = self.error_class.map(str::to_owned);
+        r.error = self.error;
+        if let Some(refusal) = &self.refusal {
+            r.refused_by = Some(refusal.layer().to_owned());
+            r.refusal_reason = Some(refusal.reason().to_owned());
+            if !refusal.detail().is_empty() {
+                r.refusal_detail = Some(truncate(refusal.detail().to_owned()));
             }
         }
         if let Some(bytes) = &self.payload {
             r.payload_size = Some(bytes.len());
-            r.payload = policy.render(bytes);
+            r.payload = config.payload.render(bytes);
         }
-        self.record
-    }
-
-    /// The record of a call that never answered: it panicked or was
-    /// dropped (`class`).
-    pub(crate) fn abandon(mut self, class: &'static str) -> AuditRecord {
-        self.record.latency_us = self.start.elapsed().as_micros() as u64;
-        set_caller(&mut self.record, self.caller.as_ref());
-        self.record.outcome = Outcome::Retryable;
-        self.record.error_class = Some(class.to_owned());
-        self.record
+        r
     }
 }
 
-/// Fills the caller an inner [`AuditCallerLayer`](crate::AuditCallerLayer)
-/// reported.
-fn set_caller(r: &mut AuditRecord, slot: Option<&CallerSlot>) {
-    if let Some(caller) = slot.and_then(|s| s.0.get()) {
-        r.subject = caller.subject().map(str::to_owned);
-        r.client_id = caller.client_id().map(str::to_owned);
-        r.calling_service = caller.service_id().map(str::to_owned);
+/// A call in flight.
+pub(crate) struct Pending {
+    draft: Draft,
+    start: Instant,
+}
+
+impl Pending {
+    /// The draft of a call that answered `res`.
+    pub(crate) fn finish<B, E: fmt::Display>(mut self, res: &Result<Response<B>, E>) -> Draft {
+        let d = &mut self.draft;
+        d.latency_us = self.start.elapsed().as_micros() as u64;
+        match res {
+            Ok(res) => {
+                d.status = Some(res.status());
+                d.outcome = Outcome::of_response(res);
+                d.error_class = error_class_of(res.status());
+                d.refusal = res.extensions().get::<Refusal>().cloned();
+            }
+            Err(e) => {
+                d.outcome = Outcome::Retryable;
+                d.error_class = Some(ERROR_SERVICE);
+                d.error = Some(truncate(e.to_string()));
+            }
+        }
+        self.draft
+    }
+
+    /// The draft of a call that never answered: it panicked or was
+    /// dropped (`class`).
+    pub(crate) fn abandon(mut self, class: &'static str) -> Draft {
+        self.draft.latency_us = self.start.elapsed().as_micros() as u64;
+        self.draft.outcome = Outcome::Retryable;
+        self.draft.error_class = Some(class);
+        self.draft
     }
 }
 
@@ -234,10 +326,6 @@ fn truncate(mut s: String) -> String {
         s.truncate(end);
     }
     s
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
@@ -258,66 +346,17 @@ pub(crate) fn trace_id_of(traceparent: &str) -> Option<&str> {
     .then_some(trace_id)
 }
 
-/// The request-side fields of a call's record.
-fn start_record<B>(req: &Request<B>, config: &Config) -> AuditRecord {
-    let mut r = AuditRecord::new(rfc3339_micros(SystemTime::now()), config.service_id.clone());
-    let ext = req.extensions();
-    match ext.get::<RecordMeta>() {
-        Some(meta) => {
-            r.topic = Some(meta.topic().to_owned());
-            r.partition = Some(meta.partition());
-            r.offset = Some(meta.offset());
-            r.group = meta.group().map(str::to_owned);
-            r.attempt = Some(meta.attempt());
-            if let Some(key) = meta.key() {
-                match config.key_mode {
-                    KeyMode::Plain => {
-                        r.key = Some(match std::str::from_utf8(key) {
-                            Ok(s) => s.to_owned(),
-                            Err(_) => format!("hex:{}", hex(key)),
-                        })
-                    }
-                    KeyMode::Sha256 => r.key_sha256 = Some(hex(&Sha256::digest(key))),
-                    KeyMode::Omit => {}
-                }
-            }
-        }
-        None => {
-            r.method = Some(req.method().as_str().to_owned());
-            r.path = Some(req.uri().path().to_owned());
-        }
-    }
-    if let Some(caller) = ext.get::<Caller>() {
-        // Read here when an outer layer established it.
-        r.subject = caller.subject().map(str::to_owned);
-        r.client_id = caller.client_id().map(str::to_owned);
-        r.calling_service = caller.service_id().map(str::to_owned);
-    }
-    let ctx = ext.get::<PropagatedContext>();
-    let headers = req.headers();
-    r.correlation_id = ctx
-        .and_then(PropagatedContext::correlation_id)
-        .or_else(|| header(headers, &CORRELATION_ID))
-        .map(str::to_owned);
-    r.traceability_id = ctx
-        .and_then(PropagatedContext::traceability_id)
-        .or_else(|| header(headers, &TRACEABILITY_ID))
-        .map(str::to_owned);
-    r.trace_id = ctx
-        .and_then(PropagatedContext::traceparent)
-        .or_else(|| header(headers, &TRACEPARENT))
-        .and_then(trace_id_of)
-        .map(str::to_owned);
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auditor::QueueFullPolicy;
-    use http::StatusCode;
+    use crate::mask::PayloadPolicy;
     use kafka_tower::context::ContextConfig;
     use kafka_tower::RawHeaders;
+
+    fn start_record<B>(req: &Request<B>, config: &Config) -> AuditRecord {
+        Draft::of_request(req).into_record(config)
+    }
 
     fn config(key_mode: KeyMode) -> Config {
         Config {
@@ -443,23 +482,24 @@ mod tests {
     }
 
     fn pending(payload: Option<&'static [u8]>) -> Pending {
+        let mut draft = Draft::of_request(&record_request());
+        draft.payload = payload.map(Bytes::from_static);
         Pending {
-            record: start_record(&record_request(), &config(KeyMode::Plain)),
-            payload: payload.map(Bytes::from_static),
-            caller: None,
+            draft,
             start: Instant::now(),
         }
     }
 
     #[test]
     fn responses_fill_outcome_status_refusal_and_payload() {
-        let policy = config(KeyMode::Plain).payload;
+        let config = config(KeyMode::Plain);
         let mut res = Response::new(());
         *res.status_mut() = StatusCode::UNAUTHORIZED;
         res.extensions_mut()
             .insert(Refusal::new("jwt", "expired", "token expired 5 s ago"));
-        let r =
-            pending(Some(br#"{"card":"4111","amount":10}"#)).finish(&Ok::<_, String>(res), &policy);
+        let r = pending(Some(br#"{"card":"4111","amount":10}"#))
+            .finish(&Ok::<_, String>(res))
+            .into_record(&config);
         assert_eq!(r.outcome, Outcome::Refused);
         assert_eq!(r.status, Some(401));
         assert_eq!(r.error_class.as_deref(), Some("permanent"));
@@ -472,7 +512,9 @@ mod tests {
             Some(serde_json::json!({"card": "***", "amount": 10}))
         );
 
-        let ok = pending(None).finish(&Ok::<_, String>(Response::new(())), &policy);
+        let ok = pending(None)
+            .finish(&Ok::<_, String>(Response::new(())))
+            .into_record(&config);
         assert_eq!(
             (ok.outcome, ok.status, ok.error_class),
             (Outcome::Ok, Some(200), None)
@@ -480,12 +522,16 @@ mod tests {
         assert_eq!((ok.payload_size, ok.payload), (None, None));
 
         let long = "é".repeat(400); // 800 bytes
-        let err = pending(None).finish(&Err::<Response<()>, _>(long), &policy);
+        let err = pending(None)
+            .finish(&Err::<Response<()>, _>(long))
+            .into_record(&config);
         assert_eq!((err.outcome, err.status), (Outcome::Retryable, None));
         assert_eq!(err.error_class.as_deref(), Some("service-error"));
         assert_eq!(err.error.as_ref().unwrap().len(), 512);
 
-        let gone = pending(None).abandon(crate::record::ERROR_PANIC);
+        let gone = pending(None)
+            .abandon(crate::record::ERROR_PANIC)
+            .into_record(&config);
         assert_eq!(gone.outcome, Outcome::Retryable);
         assert_eq!(gone.error_class.as_deref(), Some("panic"));
     }

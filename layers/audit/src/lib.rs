@@ -86,6 +86,7 @@
 //! | [`queue_capacity`](AuditorBuilder::queue_capacity) | 1024 | records waiting for the writer |
 //! | [`when_full`](AuditorBuilder::when_full) | [`QueueFullPolicy::Block`] | a full queue makes the call wait, or drops the record and counts it ([`Auditor::dropped`]) |
 //! | [`batch_size`](AuditorBuilder::batch_size) | 64 | most records per sink write |
+//! | [`linger`](AuditorBuilder::linger) | 1 ms | the writer's wait for more records after a short batch (fewer thread wake-ups; that much more delay) |
 //! | [`must_audit`](AuditorBuilder::must_audit) | `false` | a call waits for its record to be written; failure answers `503` + `Refusal` `audit` / `sink_failed`, `queue_full` or `closed` |
 //! | [`chain`](AuditorBuilder::chain) | `false` | SHA-256 hash chain per partition / HTTP stream ([`chain`]) |
 //! | [`mask`](AuditorBuilder::mask) | none | JSON pointers of captured payload fields to mask (`*` matches every element) |
