@@ -118,8 +118,20 @@
 //!
 //! `cargo bench -p kafka-tower-audit` (`benches/audit.rs`): one whole call
 //! (request built, served by a ready service, future driven) per
-//! iteration, [`NullSink`], on a shared 2-core VM: see the crate README
-//! table in `benches/audit.rs`.
+//! iteration, [`NullSink`], record with meta, caller and context; on a
+//! shared 2-core VM (load average ≈ 5.7 during the run, so ± 20 %):
+//!
+//! | path | time | overhead |
+//! |---|---|---|
+//! | no layer (baseline) | ≈ 0.49 µs | — |
+//! | [`AuditLayer`], drop policy (request path only) | ≈ 1.40 µs | ≈ 0.9 µs |
+//! | [`AuditLayer`], block policy, chained (paced by the writer thread) | ≈ 2.27 µs | ≈ 1.8 µs |
+//!
+//! The request path clones reference-counted parts of the request into a
+//! draft and queues it; the writer thread formats, masks, hashes and
+//! chains. At the bench's rate (≈ 700 000 calls/s) the writer, sharing two
+//! busy cores, falls behind: the drop-policy run dropped ≈ 18 % of its
+//! records, and the block-policy run is paced by the writer.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
