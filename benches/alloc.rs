@@ -142,9 +142,12 @@ fn main() {
 
     let path = ServingPath::new();
     let path_no_ctx = ServingPath::with_context_capture(false);
+    let audit = fixtures::auditor(true);
     let stack = ServiceBuilder::new()
         .layer(kafka_tower_trace::TraceLayer::new())
+        .layer(audit.layer())
         .layer(jwt_layer(1000))
+        .layer(audit.caller_layer())
         .layer(metrics_layer())
         .layer(schema_layer())
         .layer(CaptureContextLayer::new())
@@ -176,7 +179,7 @@ fn main() {
             }),
         ),
         (
-            "serving path, full stack (trace, JWT cache hit, metrics, schema, context)",
+            "serving path, full stack (trace, audit, JWT cache hit, metrics, schema, context)",
             Box::new(|| {
                 let r = fresh(&template);
                 assert!(ready(path.serve_with_uri(stack.clone(), &r, uri.clone())));

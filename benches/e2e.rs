@@ -6,8 +6,8 @@
 //! * `runtime` — `kafka_tower::Consumer` with a no-op service, at-least-once
 //!   commits on (the default configuration);
 //! * `stack` — the same runtime with the full layer stack (tracing without
-//!   a subscriber, JWT with the cache on, Prometheus metrics, JSON Schema,
-//!   context capture).
+//!   a subscriber, audit to a null sink, JWT with the cache on, Prometheus
+//!   metrics, JSON Schema, context capture).
 //!
 //! ```text
 //! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench --bench e2e
@@ -189,7 +189,7 @@ fn parent(bootstrap: &str) {
         ("runtime", "(b) kafka-tower runtime, no-op service"),
         (
             "stack",
-            "(c) runtime + trace + JWT (cache) + metrics + schema + context",
+            "(c) runtime + trace + audit + JWT (cache) + metrics + schema + context",
         ),
     ] {
         let lat = |k: &str| {
@@ -580,10 +580,13 @@ async fn runtime(
         }
     };
     if stack {
+        let audit = fixtures::auditor(true);
         let svc = ServiceBuilder::new()
             .layer(tower::layer::layer_fn(|inner| Probe { inner, tally }))
             .layer(kafka_tower_trace::TraceLayer::new())
+            .layer(audit.layer())
             .layer(fixtures::jwt_layer(1000))
+            .layer(audit.caller_layer())
             .layer(fixtures::metrics_layer())
             .layer(fixtures::schema_layer_for(topic))
             .layer(CaptureContextLayer::new())

@@ -34,11 +34,14 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
-use fixtures::{fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC};
+use fixtures::{
+    auditor, fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC,
+};
 use http::{Request, Response};
 use kafka_tower::context::CaptureContextLayer;
 use kafka_tower::runtime::bench_support::ServingPath;
 use kafka_tower::{BoxError, ConsumedRecord, RecordBody};
+use kafka_tower_audit::{AuditCallerLayer, AuditLayer, NoPayload};
 use kafka_tower_jwt::{Algorithm, JwtLayer, VerificationKey};
 use kafka_tower_metrics::MetricsLayer;
 use kafka_tower_schema::JsonSchemaLayer;
@@ -274,8 +277,10 @@ fn layers(c: &mut Criterion) {
             )
         });
     }
-    // Layers still being written join here, one line each, e.g.
-    // bench_layer(&mut g, "audit", kafka_tower_audit::AuditLayer::new(..), &rec);
+    bench_layer(&mut g, "audit_null_sink_drop", auditor(false).layer(), &rec);
+    bench_layer(&mut g, "audit_null_sink_block", auditor(true).layer(), &rec);
+    // Layers still being written join here, one line each:
+    // bench_layer(&mut g, "name", layer, &rec);
     g.finish();
 
     let mut g = c.benchmark_group("stack");
@@ -329,21 +334,34 @@ fn layers(c: &mut Criterion) {
 }
 
 /// Every kafka-tower layer available: tracing (no subscriber installed),
-/// authentication, metrics (inside authentication, for its client view),
-/// validation, context capture. (`CaptureContextLayer` needs a `Default` response
+/// audit (null sink, default blocking queue; its caller layer inside
+/// authentication), authentication, metrics (inside authentication, for
+/// its client view), validation, context capture. (`CaptureContextLayer` needs a `Default` response
 /// body, which the JWT and schema layers' refusal bodies are not, so it
 /// sits inside them.)
 type FullStack = ServiceBuilder<
     Stack<
         CaptureContextLayer,
-        Stack<JsonSchemaLayer, Stack<MetricsLayer, Stack<JwtLayer, Stack<TraceLayer, Identity>>>>,
+        Stack<
+            JsonSchemaLayer,
+            Stack<
+                MetricsLayer,
+                Stack<
+                    AuditCallerLayer,
+                    Stack<JwtLayer, Stack<AuditLayer<NoPayload>, Stack<TraceLayer, Identity>>>,
+                >,
+            >,
+        >,
     >,
 >;
 
 fn full_stack() -> FullStack {
+    let audit = auditor(true);
     ServiceBuilder::new()
         .layer(TraceLayer::new())
+        .layer(audit.layer())
         .layer(jwt_layer(1000))
+        .layer(audit.caller_layer())
         .layer(metrics_layer())
         .layer(schema_layer())
         .layer(CaptureContextLayer::new())

@@ -51,7 +51,14 @@ const IN_PROCESS: &[(&str, &str)] = &[
         "TraceLayer, span exported (in-memory)",
     ),
     ("layer/metrics", "metrics layer"),
-    ("layer/audit", "audit layer (null sink)"),
+    (
+        "layer/audit_null_sink_drop",
+        "AuditLayer, null sink, drop when full",
+    ),
+    (
+        "layer/audit_null_sink_block",
+        "AuditLayer, null sink, block (default)",
+    ),
     ("stack/full_stack", "full stack (layers only)"),
     ("stack/serving_path_full_stack", "serving path + full stack"),
     ("reference/tower_timeout", "ref: tower TimeoutLayer"),

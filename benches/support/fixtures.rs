@@ -150,6 +150,22 @@ pub(crate) fn metrics_layer() -> kafka_tower_metrics::MetricsLayer {
         .layer()
 }
 
+/// An auditor writing to a null sink; `block`: the default queue policy
+/// (a call waits when the writer thread falls behind), else drop and
+/// count (the request path never waits).
+pub(crate) fn auditor(block: bool) -> kafka_tower_audit::Auditor {
+    let b = kafka_tower_audit::Auditor::builder()
+        .service_id("bench")
+        .sink(kafka_tower_audit::NullSink);
+    let b = if block {
+        b
+    } else {
+        b.queue_capacity(4096)
+            .when_full(kafka_tower_audit::QueueFullPolicy::DropAndCount)
+    };
+    b.build().unwrap()
+}
+
 /// JSON Schema validation of [`TOPIC`] with [`order_schema`].
 pub(crate) fn schema_layer() -> JsonSchemaLayer {
     schema_layer_for(TOPIC)
