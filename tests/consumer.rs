@@ -1,7 +1,5 @@
 //! The consumer runtime against a real Apache Kafka broker.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -10,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use kafka_tower::{BoxError, Ordering, RawHeader, RawHeaders, RecordBody, RecordMeta, Refusal};
-use support::*;
+use kafka_tower_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {

@@ -1,15 +1,13 @@
 //! Exactly-once consume-transform-produce against a real Apache Kafka
 //! broker, with the processor killed by SIGKILL mid-stream.
 
-mod support;
-
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use kafka_tower_testkit::*;
 
 fn example_binary(name: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -2,8 +2,6 @@
 //! service under tower layers, context propagation across HTTP → Kafka →
 //! Kafka → HTTP, transactions, and typed refusals of bad input.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +21,7 @@ use kafka_tower::runtime::{
     TransactionalQueue,
 };
 use kafka_tower::{BoxError, OutgoingRecord, RawHeader, RawHeaders, RecordBody};
-use support::*;
+use kafka_tower_testkit::*;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 fn producer() -> Producer {

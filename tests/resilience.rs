@@ -1,14 +1,12 @@
 //! Crash, restart and rebalance against a real Apache Kafka broker.
 
-mod support;
-
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use kafka_tower_testkit::*;
 
 /// The `worker` example binary, built on demand.
 fn worker_binary() -> std::path::PathBuf {

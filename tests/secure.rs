@@ -2,16 +2,14 @@
 //! real Apache Kafka broker: refused records are dead-lettered and the
 //! dead-letter headers name the refusing layer and the reason.
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use kafka_tower::{RawHeader, RawHeaders};
 use kafka_tower_jwt::{ExpiryMode, JwtLayer, TopicPolicy};
 use kafka_tower_schema::JsonSchemaLayer;
+use kafka_tower_testkit::*;
 use serde_json::json;
-use support::*;
 use tower::ServiceBuilder;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/secure_consumer");

@@ -1,8 +1,6 @@
 //! Unmodified axum routers and tower-http layers as consumer services,
 //! against a real Apache Kafka broker.
 
-mod support;
-
 use std::time::Duration;
 
 use axum::extract::{Extension, Path};
@@ -11,7 +9,7 @@ use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use kafka_tower::{BoxError, RecordBody, RecordMeta};
-use support::*;
+use kafka_tower_testkit::*;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};

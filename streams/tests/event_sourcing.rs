@@ -1,8 +1,6 @@
 //! Aggregates and projections against a real broker: optimistic
 //! concurrency, aborted events, SIGKILL of the projector, rebalance.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,8 +12,8 @@ use kafka_tower_streams::aggregate::{Aggregate, AggregateService, EventEnvelope}
 use kafka_tower_streams::partitioner::partition_for;
 use kafka_tower_streams::projection::Projection;
 use kafka_tower_streams::{Lookup, Streams};
+use kafka_tower_testkit::*;
 use serde::{Deserialize, Serialize};
-use support::*;
 
 #[derive(Default, Serialize, Deserialize)]
 struct Counter {

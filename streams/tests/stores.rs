@@ -1,8 +1,6 @@
 //! State stores against a real broker: changelog, restore, roll-back of
 //! aborted transactions, the persistent store's checkpoint, restore speed.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use kafka_tower::runtime::Outbox;
 use kafka_tower::{BoxError, OutgoingRecord, RecordBody, RecordMeta};
 use kafka_tower_streams::{StateStore, StoreKind, Streams};
-use support::*;
+use kafka_tower_testkit::*;
 
 /// Counts records per key in the store; emits `<key>=<count>` to `output`.
 /// Records whose payload is in `sabotage` make their batch's transaction

@@ -1,6 +1,9 @@
-//! Shared helpers of the integration tests: a real Apache Kafka broker is
-//! named by `KAFKA_BOOTSTRAP_SERVERS` (`scripts/test` starts one).
-#![allow(dead_code, unreachable_pub)]
+//! Shared helpers of kafka-tower's integration tests (not published): a
+//! real Apache Kafka broker is named by `KAFKA_BOOTSTRAP_SERVERS`
+//! (`scripts/test` starts one). Topics get unique names so that tests run
+//! in parallel on one broker; waits are on conditions with a deadline
+//! ([`WAIT`]), never bare sleeps.
+#![allow(missing_docs)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -444,4 +447,73 @@ pub async fn read_all(topic: &str, isolation: &str) -> Vec<ConsumedRecord> {
     })
     .await
     .expect("reader thread")
+}
+// ---- compacted topics (streams) ----
+
+/// A compacted topic.
+pub async fn create_compacted_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact")],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+/// The last value per key of `topic` read with `read_committed` (null
+/// values delete): what a compacted changelog says the store holds.
+pub async fn changelog_state(topic: &str) -> std::collections::BTreeMap<Bytes, Bytes> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in read_all(topic, "read_committed").await {
+        let k = r.key.clone().expect("changelog records have keys");
+        match r.payload {
+            Some(v) => {
+                m.insert(k, v);
+            }
+            None => {
+                m.remove(&k);
+            }
+        }
+    }
+    m
+}
+
+/// A transactional producer config for tests: short transaction timeout so
+/// that a killed instance's open transaction does not block readers long.
+pub fn txn_producer(id: &str) -> kafka_tower::runtime::ProducerConfig {
+    let mut p = kafka_tower::runtime::ProducerConfig::new(bootstrap())
+        .property("transaction.timeout.ms", "10000");
+    p.transactional_id = Some(id.to_owned());
+    p
+}
+
+/// Polls `cond` every 50 ms until it holds, failing after [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs to stderr (test output) at `RUST_LOG`, default `warn`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
