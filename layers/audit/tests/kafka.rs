@@ -10,52 +10,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
 use jsonwebtoken::{EncodingKey, Header};
-use kafka_tower::runtime::{record_from_message, Producer, ProducerConfig};
-use kafka_tower::{ConsumedRecord, RecordBody, RecordMeta};
+use kafka_tower::runtime::{Producer, ProducerConfig};
+use kafka_tower::{RecordBody, RecordMeta};
 use kafka_tower_audit::chain::{verify, BreakKind};
 use kafka_tower_audit::{AuditRecord, Auditor, KafkaSink, Outcome};
 use kafka_tower_jwt::{Algorithm, JwtLayer, VerificationKey};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use kafka_tower_testkit::{bootstrap, create_topic, read_topic, unique, WAIT};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::json;
 use tower::ServiceBuilder;
 
-/// How long any wait for the broker may take before the test fails.
-const WAIT: Duration = Duration::from_secs(90);
 const SECRET: &[u8] = b"audit-test-shared-secret-0123456789";
 const ISSUER: &str = "https://idp.test";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
-        "KAFKA_BOOTSTRAP_SERVERS must name a running Kafka broker: run `scripts/test`, \
-         or `scripts/kafka.sh start` and export what it prints",
-    )
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
 async fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create_topics")
-    {
-        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    for (name, partitions) in topics {
+        create_topic(name, *partitions).await;
     }
 }
 
@@ -115,44 +88,6 @@ async fn produce(topic: &str, records: &[(i32, &str, String)]) {
             .map_err(|(e, _)| e)
             .expect("produce");
     }
-}
-
-/// Reads `expected` records from every partition of `topic`, from the
-/// beginning, failing after [`WAIT`].
-async fn read_topic(topic: &str, expected: usize) -> Vec<ConsumedRecord> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..md.topics()[0].partitions().len() as i32 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-        let deadline = std::time::Instant::now() + WAIT;
-        let mut out = Vec::new();
-        while out.len() < expected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "read only {} of {expected} records from {topic}",
-                out.len()
-            );
-            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                out.push(record_from_message(&m.expect("read error")));
-            }
-        }
-        out
-    })
-    .await
-    .expect("reader thread")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
