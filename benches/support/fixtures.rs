@@ -179,13 +179,32 @@ pub(crate) fn schema_layer_for(topic: &str) -> JsonSchemaLayer {
         .unwrap()
 }
 
-/// Polls a future that must be ready at once (every bench service is),
-/// with a no-op waker: no executor in the measurement.
+/// Drives a future to completion on this thread: one poll with a no-op
+/// waker (every service here but the audit layer is ready at once, so no
+/// executor is measured), else parking until woken — the audit layer may
+/// wait for its writer thread.
 pub(crate) fn ready<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("a bench future was not ready at once"),
+    if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return out;
+    }
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a bench future did not complete in 10 s"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(10));
     }
 }
 
