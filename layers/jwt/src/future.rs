@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::RefusalBody;
+use kafka_tower::refusal::RefusalBody;
 
 pin_project! {
     /// The response future of [`Jwt`](crate::Jwt): the inner service's

@@ -136,7 +136,6 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod algorithm;
-pub mod body;
 pub mod claims;
 pub mod future;
 pub mod key;
@@ -152,7 +151,7 @@ mod keystore;
 mod verify;
 
 pub use algorithm::Algorithm;
-pub use body::RefusalBody;
+pub use kafka_tower::refusal::RefusalBody;
 pub use claims::{Anonymous, ClaimNames, VerifiedClaims};
 pub use future::ResponseFuture;
 pub use key::{Jwks, KeyError, VerificationKey};

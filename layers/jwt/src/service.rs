@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::RefusalBody;
+use kafka_tower::refusal::RefusalBody;
 use crate::claims::Anonymous;
 use crate::future::ResponseFuture;
 use crate::layer::JwtLayer;

@@ -12,7 +12,7 @@ use http_body_util::{LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::RefusalBody;
+use kafka_tower::refusal::RefusalBody;
 use crate::layer::JsonSchemaLayer;
 use crate::violation::{SchemaViolation, ViolationKind};
 

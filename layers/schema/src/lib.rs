@@ -91,7 +91,6 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-pub mod body;
 pub mod future;
 pub mod layer;
 pub mod service;
@@ -99,7 +98,7 @@ pub mod violation;
 
 mod retriever;
 
-pub use body::RefusalBody;
+pub use kafka_tower::refusal::RefusalBody;
 pub use future::ResponseFuture;
 pub use layer::{JsonSchemaLayer, JsonSchemaLayerBuilder, SchemaConfigError, LAYER_NAME};
 pub use service::JsonSchema;

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use kafka_tower::RecordMeta;
 use tower_service::Service;
 
-use crate::body::RefusalBody;
+use kafka_tower::refusal::RefusalBody;
 use crate::future::ResponseFuture;
 use crate::layer::JsonSchemaLayer;
 
