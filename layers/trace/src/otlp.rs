@@ -62,6 +62,10 @@ impl OtlpConfig {
     /// A tracer provider exporting in batches. Call
     /// `SdkTracerProvider::shutdown` before exiting to flush.
     pub fn tracer_provider(&self) -> Result<SdkTracerProvider, OtlpError> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race with another installer is fine: one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut builder = SpanExporter::builder().with_http();
         if let Some(e) = &self.endpoint {
             builder = builder.with_endpoint(e.clone());
