@@ -151,9 +151,9 @@ mod keystore;
 mod verify;
 
 pub use algorithm::Algorithm;
-pub use kafka_tower::refusal::RefusalBody;
 pub use claims::{Anonymous, ClaimNames, VerifiedClaims};
 pub use future::ResponseFuture;
+pub use kafka_tower::refusal::RefusalBody;
 pub use key::{Jwks, KeyError, VerificationKey};
 pub use layer::{ConfigError, JwtLayer, JwtLayerBuilder, LAYER_NAME};
 pub use policy::{ExpiryMode, TopicPolicy};

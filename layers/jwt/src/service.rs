@@ -5,11 +5,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use kafka_tower::refusal::RefusalBody;
 use crate::claims::Anonymous;
 use crate::future::ResponseFuture;
 use crate::layer::JwtLayer;
 use crate::verify::{topic_of, Outcome};
+use kafka_tower::refusal::RefusalBody;
 
 /// Verifies the `Authorization: Bearer` token of each request before the
 /// inner service sees it; see the [crate docs](crate).

@@ -12,9 +12,9 @@ use http_body_util::{LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use kafka_tower::refusal::RefusalBody;
 use crate::layer::JsonSchemaLayer;
 use crate::violation::{SchemaViolation, ViolationKind};
+use kafka_tower::refusal::RefusalBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

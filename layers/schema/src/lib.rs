@@ -98,8 +98,8 @@ pub mod violation;
 
 mod retriever;
 
-pub use kafka_tower::refusal::RefusalBody;
 pub use future::ResponseFuture;
+pub use kafka_tower::refusal::RefusalBody;
 pub use layer::{JsonSchemaLayer, JsonSchemaLayerBuilder, SchemaConfigError, LAYER_NAME};
 pub use service::JsonSchema;
 pub use violation::{SchemaError, SchemaViolation, ViolationKind};

@@ -9,9 +9,9 @@ use http_body_util::{BodyExt, Limited};
 use kafka_tower::RecordMeta;
 use tower_service::Service;
 
-use kafka_tower::refusal::RefusalBody;
 use crate::future::ResponseFuture;
 use crate::layer::JsonSchemaLayer;
+use kafka_tower::refusal::RefusalBody;
 
 /// Validates the body of each request against its topic's schema before
 /// the inner service sees it; see the [crate docs](crate).
