@@ -610,7 +610,9 @@ impl PollState {
         }
     }
 
-    /// Moves stashed records into lanes with room; resumes drained partitions.
+    /// Moves stashed records into lanes with room; resumes partitions whose
+    /// lane has drained to half its buffer. Returns whether a partition is
+    /// still paused (the caller then polls more often to resume it soon).
     fn flush_stashes(&mut self, consumer: &BaseConsumer<RuntimeContext>) -> bool {
         let mut any_left = false;
         for (tp, ps) in self.partitions.iter_mut() {
@@ -625,7 +627,11 @@ impl PollState {
                     }
                 }
             }
-            if ps.stash.is_empty() && ps.paused {
+            // Resume at a low-water mark (half the buffer free), not at the
+            // first free slot: resuming at once makes a partition whose
+            // service is slower than the fetch pause and resume on every
+            // record.
+            if ps.stash.is_empty() && ps.paused && tx.capacity() * 2 >= self.buffer {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&tp.0, tp.1);
                 match consumer.resume(&tpl) {
@@ -636,7 +642,7 @@ impl PollState {
                     Err(e) => tracing::warn!(error = %e, "cannot resume {}[{}]", tp.0, tp.1),
                 }
             }
-            any_left |= !ps.stash.is_empty();
+            any_left |= !ps.stash.is_empty() || ps.paused;
         }
         any_left
     }
