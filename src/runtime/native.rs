@@ -1,7 +1,7 @@
 //! Byte-exact header access on top of librdkafka.
 //!
 //! rdkafka's safe `Headers` API turns header keys into `&str` and panics on a
-//! key that is not UTF-8; Kafka allows any bytes. These two helpers read and
+//! key that is not UTF-8; Kafka allows any bytes. These helpers read and
 //! write headers through librdkafka's C API with explicit lengths instead.
 
 use std::ffi::{c_char, c_void, CStr};
@@ -14,40 +14,41 @@ use rdkafka::Message as _;
 
 use crate::record::{RawHeader, RawHeaders};
 
-/// Copies every header of `msg`, in order, byte for byte.
-pub(crate) fn read_headers(msg: &BorrowedMessage<'_>) -> RawHeaders {
-    let Some(headers) = msg.headers() else {
-        return RawHeaders::new();
-    };
-    let count = headers.count();
-    let native = headers as *const BorrowedHeaders as *const rd::rd_kafka_headers_t;
-    let mut out = RawHeaders::with_capacity(count);
-    for idx in 0..count {
+/// One header of a message, borrowed from librdkafka's buffer.
+struct BorrowedHeader<'a> {
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+/// The headers of `msg`, in order, borrowed (valid while `msg` lives).
+fn borrowed_headers<'a>(
+    msg: &'a BorrowedMessage<'_>,
+) -> impl Iterator<Item = BorrowedHeader<'a>> + 'a {
+    let headers = msg.headers();
+    let count = headers.map_or(0, |h| h.count());
+    let native = headers.map_or(ptr::null(), |h| {
+        h as *const BorrowedHeaders as *const rd::rd_kafka_headers_t
+    });
+    (0..count).filter_map(move |idx| {
         let mut name: *const c_char = ptr::null();
         let mut value: *const c_void = ptr::null();
         let mut size: usize = 0;
         // SAFETY: `native` points at the headers owned by `msg`, which
-        // outlives this loop; `idx < count`; librdkafka writes a
+        // outlives the iterator ('a); `idx < count`; librdkafka writes a
         // NUL-terminated name and a value pointer valid for `size` bytes (or
         // NULL for a null value) that live as long as the headers.
         let err =
             unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
-            continue;
+            return None;
         }
         // SAFETY: see above; the name is NUL-terminated.
-        let key = Bytes::copy_from_slice(unsafe { CStr::from_ptr(name) }.to_bytes());
-        let value = if value.is_null() {
-            None
-        } else {
+        let key = unsafe { CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
             // SAFETY: see above.
-            Some(Bytes::copy_from_slice(unsafe {
-                std::slice::from_raw_parts(value as *const u8, size)
-            }))
-        };
-        out.push(RawHeader { key, value });
-    }
-    out
+            .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) });
+        Some(BorrowedHeader { key, value })
+    })
 }
 
 /// Builds librdkafka headers from `headers`, keys and values byte for byte.
@@ -83,8 +84,11 @@ pub(crate) fn write_headers(headers: &RawHeaders) -> OwnedHeaders {
     owned
 }
 
-/// Copies the parts of a consumed message into an owned record: one copy of
-/// key, payload and headers, nothing else.
+/// Copies the parts of a consumed message into an owned record: key,
+/// payload and every header, byte for byte, into ONE buffer that the
+/// record's fields are slices of. One allocation for the bytes (plus the
+/// header list) instead of one per field, and cloning the record — once
+/// per delivery attempt — only bumps a reference count.
 pub(crate) fn to_consumed_record(
     msg: &BorrowedMessage<'_>,
     topic: std::sync::Arc<str>,
@@ -95,14 +99,42 @@ pub(crate) fn to_consumed_record(
         Timestamp::CreateTime(t) => (Some(t), crate::TimestampType::CreateTime),
         Timestamp::LogAppendTime(t) => (Some(t), crate::TimestampType::LogAppendTime),
     };
+    let key = msg.key();
+    let payload = msg.payload();
+    let mut total = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
+    let mut count = 0;
+    for h in borrowed_headers(msg) {
+        total += h.key.len() + h.value.map_or(0, <[u8]>::len);
+        count += 1;
+    }
+    let mut buf = Vec::with_capacity(total);
+    let mut push = |bytes: &[u8]| {
+        let start = buf.len();
+        buf.extend_from_slice(bytes);
+        start..buf.len()
+    };
+    let key_range = key.map(&mut push);
+    let payload_range = payload.map(&mut push);
+    let mut header_ranges = Vec::with_capacity(count);
+    for h in borrowed_headers(msg) {
+        header_ranges.push((push(h.key), h.value.map(&mut push)));
+    }
+    let buf = Bytes::from(buf);
+    let mut headers = RawHeaders::with_capacity(header_ranges.len());
+    for (k, v) in header_ranges {
+        headers.push(RawHeader {
+            key: buf.slice(k),
+            value: v.map(|v| buf.slice(v)),
+        });
+    }
     crate::ConsumedRecord {
         topic,
         partition: msg.partition(),
         offset: msg.offset(),
         timestamp,
         timestamp_type,
-        key: msg.key().map(Bytes::copy_from_slice),
-        payload: msg.payload().map(Bytes::copy_from_slice),
-        headers: read_headers(msg),
+        key: key_range.map(|r| buf.slice(r)),
+        payload: payload_range.map(|r| buf.slice(r)),
+        headers,
     }
 }
