@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Each record is a fresh copy made the way the poll thread makes it
-//! (`Bytes::copy_from_slice` of key, payload and every header): those
+//! (key, payload and every header copied into one buffer): those
 //! copies are "the owned record" and are counted apart. The serving path
 //! is then run once per record with a no-op service, single-threaded,
 //! polled with a no-op waker, so every allocation counted is the record's.

@@ -185,13 +185,15 @@ pub enum InjectMode {
 /// `Debug` never shows the `Authorization` value.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PropagatedContext {
-    headers: HeaderMap,
+    // Shared: the context is cloned into extensions and task-local scopes
+    // on every hop; a clone is a reference-count bump, a change copies.
+    headers: Arc<HeaderMap>,
 }
 
 impl fmt::Debug for PropagatedContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
-        for (k, v) in &self.headers {
+        for (k, v) in self.headers.iter() {
             if k == AUTHORIZATION {
                 m.entry(&k.as_str(), &"<redacted>");
             } else {
@@ -213,7 +215,7 @@ impl PropagatedContext {
         let mut ctx = PropagatedContext::new();
         for name in &config.names {
             for v in headers.get_all(name) {
-                ctx.headers.append(name.clone(), v.clone());
+                Arc::make_mut(&mut ctx.headers).append(name.clone(), v.clone());
             }
         }
         ctx
@@ -236,7 +238,7 @@ impl PropagatedContext {
                     name: name.as_str().to_owned(),
                 }
             })?;
-            ctx.headers.append(name.clone(), value);
+            Arc::make_mut(&mut ctx.headers).append(name.clone(), value);
         }
         Ok(ctx)
     }
@@ -246,7 +248,7 @@ impl PropagatedContext {
         let value = HeaderValue::from_str(value).map_err(|_| InvalidContextHeader {
             name: name.as_str().to_owned(),
         })?;
-        self.headers.insert(name, value);
+        Arc::make_mut(&mut self.headers).insert(name, value);
         Ok(())
     }
 
@@ -293,7 +295,7 @@ impl PropagatedContext {
     pub fn ensure_correlation_id(&mut self) -> &str {
         if self.correlation_id().is_none() {
             let id = uuid::Uuid::new_v4().hyphenated().to_string();
-            self.headers.insert(
+            Arc::make_mut(&mut self.headers).insert(
                 CORRELATION_ID,
                 HeaderValue::from_str(&id).expect("a UUID is a valid header value"),
             );

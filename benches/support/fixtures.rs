@@ -209,16 +209,29 @@ pub(crate) fn ready<F: Future>(f: F) -> F::Output {
 }
 
 /// A copy of `template` as the poll thread makes it from a librdkafka
-/// message (`Bytes::copy_from_slice` of key, payload, every header key and
-/// value; the topic name is interned): the "owned record" of each record,
-/// fresh, so that nothing the serving path does to it was done before.
+/// message: key, payload and every header key and value copied into one
+/// buffer that the fields slice (the topic name is interned) — the "owned
+/// record" of each record, fresh, so that nothing the serving path does to
+/// it was done before.
 pub(crate) fn fresh(template: &ConsumedRecord) -> ConsumedRecord {
-    let copy = |b: &Bytes| Bytes::copy_from_slice(b);
-    let mut headers = kafka_tower::RawHeaders::with_capacity(template.headers.len());
+    let mut buf = Vec::new();
+    let mut push = |b: &Bytes| {
+        let start = buf.len();
+        buf.extend_from_slice(b);
+        start..buf.len()
+    };
+    let key = template.key.as_ref().map(&mut push);
+    let payload = template.payload.as_ref().map(&mut push);
+    let mut ranges = Vec::with_capacity(template.headers.len());
     for h in template.headers.iter() {
+        ranges.push((push(&h.key), h.value.as_ref().map(&mut push)));
+    }
+    let buf = Bytes::from(buf);
+    let mut headers = kafka_tower::RawHeaders::with_capacity(ranges.len());
+    for (k, v) in ranges {
         headers.push(RawHeader {
-            key: copy(&h.key),
-            value: h.value.as_ref().map(copy),
+            key: buf.slice(k),
+            value: v.map(|v| buf.slice(v)),
         });
     }
     ConsumedRecord {
@@ -227,8 +240,8 @@ pub(crate) fn fresh(template: &ConsumedRecord) -> ConsumedRecord {
         offset: template.offset,
         timestamp: template.timestamp,
         timestamp_type: template.timestamp_type,
-        key: template.key.as_ref().map(copy),
-        payload: template.payload.as_ref().map(copy),
+        key: key.map(|r| buf.slice(r)),
+        payload: payload.map(|r| buf.slice(r)),
         headers,
     }
 }
