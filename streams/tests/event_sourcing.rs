@@ -433,7 +433,7 @@ async fn the_projector_killed_mid_stream_and_restarted_ends_with_the_fold_of_all
     let deadline = Instant::now() + WAIT;
     while sum_committed(&group, &events, partitions) < 500 {
         assert!(Instant::now() < deadline, "the projector made no progress");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     sigkill(child);
     let at_kill = sum_committed(&group, &events, partitions);

@@ -183,9 +183,17 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    // A loaded broker may time a request out: ask again until WAIT runs out.
+    let deadline = std::time::Instant::now() + WAIT;
+    let got = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(got) => break got,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
