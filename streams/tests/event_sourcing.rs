@@ -380,7 +380,19 @@ fn example_binary() -> std::path::PathBuf {
 }
 
 fn start_projector_child(bin: &std::path::Path, app: &str, addr: &str) -> (Child, String) {
+    start_projector_child_with_delay(bin, app, addr, 0)
+}
+
+/// The projector, pausing `delay_ms` per projected record so that a test
+/// can kill it mid-stream whatever the machine's speed.
+fn start_projector_child_with_delay(
+    bin: &std::path::Path,
+    app: &str,
+    addr: &str,
+    delay_ms: u64,
+) -> (Child, String) {
     let mut child = Command::new(bin)
+        .env("PROJECTION_DELAY_MS", delay_ms.to_string())
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
         .env("APP", app)
         .env("ROLE", "projector")
@@ -429,7 +441,9 @@ async fn the_projector_killed_mid_stream_and_restarted_ends_with_the_fold_of_all
     let bin = example_binary();
     let group = format!("{app}-projector");
 
-    let (child, _) = start_projector_child(&bin, &app, "127.0.0.1:0");
+    // 2 ms per record: thousands of records take seconds, so the kill
+    // lands mid-stream.
+    let (child, _) = start_projector_child_with_delay(&bin, &app, "127.0.0.1:0", 2);
     let deadline = Instant::now() + WAIT;
     while sum_committed(&group, &events, partitions) < 500 {
         assert!(Instant::now() < deadline, "the projector made no progress");

@@ -16,7 +16,9 @@
 //! cluster), `APP` (default `bank`), `ROLE` (`all` — default —,
 //! `aggregates` or `projector`), `HTTP_ADDR` (default `127.0.0.1:8080`),
 //! `INSTANCE` (default `0`), `PARTITIONS` (default 4), `STORE_DIR` (use
-//! redb stores there), `SESSION_TIMEOUT_MS`.
+//! redb stores there), `SESSION_TIMEOUT_MS`, `PROJECTION_DELAY_MS` (a
+//! pause per projected record, default 0: makes the projector easy to kill
+//! mid-stream in tests).
 //! It prints `ready http://<addr>` and, in the `all` role, a demo token.
 
 mod bank;
@@ -225,12 +227,16 @@ async fn main() -> Result<(), BoxError> {
         );
         let by_customer = Projection::<EventEnvelope<Event>, CustomerView>::new(fold_customer);
         let events = topics.events.clone();
+        let delay = std::time::Duration::from_millis(env("PROJECTION_DELAY_MS", "0").parse()?);
         let service = tower::service_fn(move |req: http::Request<kafka_tower::RecordBody>| {
             let mut a = by_account.clone();
             let mut c = by_customer.clone();
             let is_events = req.uri().path().trim_start_matches('/') == events;
             async move {
                 use tower::Service as _;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 if is_events {
                     a.call(req).await
                 } else {
