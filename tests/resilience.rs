@@ -154,7 +154,9 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
             all.record(&req);
             mine.record(&req);
             async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Slow enough (2,000 records over 4 partitions ≈ 2.5 s) that the
+                // second consumer joins while most records are still to come.
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok::<_, kafka_tower::BoxError>(http::Response::new(String::new()))
             }
         })
