@@ -526,3 +526,36 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
         "only the successor's record is visible"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_sends_to_a_new_topic_keep_their_order() {
+    // The first send to a topic checks that it exists; sends started
+    // together must still reach the partition in the order they were made.
+    let topic = unique("order-first-sends");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    let sends = (0..200).map(|i| {
+        p.send(OutgoingRecord {
+            topic: topic.clone(),
+            partition: Some(0),
+            payload: Some(Bytes::from(i.to_string())),
+            ..Default::default()
+        })
+    });
+    let deliveries: Vec<_> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|d| d.expect("sent"))
+        .collect();
+    let offsets: Vec<i64> = deliveries.iter().map(|d| d.offset).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets follow the order of the sends: {offsets:?}"
+    );
+    let texts: Vec<String> = read_all(&topic, "read_committed")
+        .await
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap()).into_owned())
+        .collect();
+    assert_eq!(texts, (0..200).map(|i| i.to_string()).collect::<Vec<_>>());
+}

@@ -34,7 +34,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -145,7 +145,11 @@ struct Inner {
     max_message_bytes: usize,
     check_topics: bool,
     send_timeout: Duration,
-    known_topics: Mutex<HashSet<String>>,
+    // One check per topic, shared by concurrent first sends: they all wait
+    // for the same lookup and then enqueue in the order they are polled, so
+    // the check never reorders records (separate lookups finishing in any
+    // order did).
+    known_topics: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 impl fmt::Debug for Producer {
@@ -172,7 +176,7 @@ impl Producer {
                 max_message_bytes: config.max_message_bytes(),
                 check_topics: config.check_topics,
                 send_timeout: config.send_timeout,
-                known_topics: Mutex::new(HashSet::new()),
+                known_topics: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -200,29 +204,38 @@ impl Producer {
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<(), ProduceError> {
-        if self
-            .inner
-            .known_topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
-        {
-            return Ok(());
-        }
-        let producer = self.inner.producer.clone();
-        let t = topic.to_owned();
-        let exists = tokio::task::spawn_blocking(move || topic_exists(&producer, &t))
-            .await
-            .map_err(|e| ProduceError::Config(format!("metadata lookup failed: {e}")))??;
-        if !exists {
-            return Err(ProduceError::UnknownTopic(topic.to_owned()));
-        }
-        self.inner
-            .known_topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_owned());
-        Ok(())
+        let cell = {
+            let mut known = self
+                .inner
+                .known_topics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match known.get(topic) {
+                Some(cell) if cell.initialized() => return Ok(()),
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    known.insert(topic.to_owned(), cell.clone());
+                    cell
+                }
+            }
+        };
+        // A missing topic is an error, which the cell does not keep: the
+        // next send looks again (the topic may have been created since).
+        cell.get_or_try_init(|| async {
+            let producer = self.inner.producer.clone();
+            let t = topic.to_owned();
+            let exists = tokio::task::spawn_blocking(move || topic_exists(&producer, &t))
+                .await
+                .map_err(|e| ProduceError::Config(format!("metadata lookup failed: {e}")))??;
+            if exists {
+                Ok(())
+            } else {
+                Err(ProduceError::UnknownTopic(topic.to_owned()))
+            }
+        })
+        .await
+        .map(|_| ())
     }
 }
 
