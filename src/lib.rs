@@ -22,6 +22,21 @@
 //!   with a [`Refusal`] extension.
 //! * The runtime (`Consumer`, feature `runtime`) owns offsets, ordering,
 //!   backpressure, retries and dead-lettering.
+//! * Producing is a `Service` over `http::Request` too (`runtime::Producer`),
+//!   so tower layers apply to it; [`context::InjectContextLayer`] puts the
+//!   caller's token, correlation id and trace context — the
+//!   [`PropagatedContext`] captured by [`context::CaptureContextLayer`] or by
+//!   the runtime — into the record headers or an outgoing HTTP request.
+//! * Transactions (`runtime::TransactionalProducer`,
+//!   `runtime::TransactionalQueue`) and exactly-once consume-transform-produce
+//!   (`Consumer::serve_exactly_once`) make a topic an event store.
+//!
+//! Companion crates, each a plain `tower::Layer` that depends on this
+//! crate's vocabulary only: `kafka-tower-jwt` (JWT verification with
+//! queue-aware expiry), `kafka-tower-schema` (JSON Schema), `kafka-tower-trace`
+//! (OpenTelemetry), `kafka-tower-metrics` (Prometheus), `kafka-tower-audit`
+//! (audit trail); and `kafka-tower-streams` (state stores, aggregates and
+//! projections on the exactly-once mode).
 //!
 //! ```no_run
 //! # #[cfg(feature = "runtime")]
