@@ -144,7 +144,13 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     let group = unique("g");
     create_topic_with_dlq(&topic, 4).await;
     let n = 2000;
-    produce(&topic, (0..n).map(|i| Rec::payload(i.to_string()))).await;
+    // Spread evenly: keyless records would follow the sticky partitioner and
+    // could all land in the partitions the first consumer keeps.
+    produce(
+        &topic,
+        (0..n).map(|i| Rec::payload(i.to_string()).partition((i % 4) as i32)),
+    )
+    .await;
 
     // Every call goes to the shared recorder and to its consumer's own.
     let all = Recorder::default();
@@ -154,8 +160,9 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
             all.record(&req);
             mine.record(&req);
             async move {
-                // Slow enough (2,000 records over 4 partitions ≈ 2.5 s) that the
-                // second consumer joins while most records are still to come.
+                // Slow enough (2,000 records over 4 partitions ≈ 2.5 s) that
+                // the second consumer joins while most records are still to
+                // come.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok::<_, kafka_tower::BoxError>(http::Response::new(String::new()))
             }
