@@ -77,6 +77,26 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// Whether a response status means "try again later" to the consumer
+/// runtime: `408 Request Timeout` (what tower-http's timeout answers), `429
+/// Too Many Requests` and every `5xx`. Any other non-`2xx` status is a
+/// permanent failure (dead-lettered at once). Layers that classify outcomes
+/// (metrics, audit) use the same rule.
+///
+/// ```
+/// use http::StatusCode;
+/// use kafka_tower::refusal::is_retryable_status;
+///
+/// assert!(is_retryable_status(StatusCode::SERVICE_UNAVAILABLE));
+/// assert!(is_retryable_status(StatusCode::REQUEST_TIMEOUT));
+/// assert!(!is_retryable_status(StatusCode::UNPROCESSABLE_ENTITY));
+/// ```
+pub fn is_retryable_status(status: http::StatusCode) -> bool {
+    status == http::StatusCode::REQUEST_TIMEOUT
+        || status == http::StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
 pin_project! {
     /// Either the inner service's response body, unchanged, or the body of
     /// a layer's refusal (the JWT and schema layers answer a small JSON

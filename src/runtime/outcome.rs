@@ -41,14 +41,7 @@ impl ErrorClass {
     }
 }
 
-/// Whether a response status means "try again later": `408 Request
-/// Timeout` (what tower-http's timeout answers), `429 Too Many Requests`
-/// and every `5xx`.
-pub fn is_retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
+pub use crate::refusal::is_retryable_status;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {

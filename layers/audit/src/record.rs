@@ -76,11 +76,7 @@ impl fmt::Display for Outcome {
 }
 
 /// The statuses the consumer runtime retries: `408`, `429`, `5xx`.
-pub(crate) fn is_retryable(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
+pub(crate) use kafka_tower::refusal::is_retryable_status as is_retryable;
 
 /// The error class of a status, in the words of the runtime's dead-letter
 /// header `kt-dlq-error-class`: `None` for `2xx`, `retryable-status` for

@@ -69,11 +69,7 @@ impl Outcome {
 }
 
 /// The statuses the consumer runtime retries: `408`, `429`, `5xx`.
-pub(crate) fn is_retryable(status: http::StatusCode) -> bool {
-    status == http::StatusCode::REQUEST_TIMEOUT
-        || status == http::StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
+pub(crate) use kafka_tower::refusal::is_retryable_status as is_retryable;
 
 #[cfg(test)]
 mod tests {
