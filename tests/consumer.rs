@@ -91,6 +91,25 @@ fn jittery(
     })
 }
 
+/// Serves `count` records of `topic` with in-flight 16 in `ordering` mode
+/// through the jittery service; returns what was served, in serving order,
+/// and the highest concurrency seen.
+async fn serve_jittery(topic: &str, ordering: Ordering, count: usize) -> (Vec<Seen>, usize) {
+    let rec = Recorder::default();
+    let (current, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let running = spawn(
+        consumer(&unique("g"), &[topic])
+            .max_in_flight(16)
+            .ordering(ordering)
+            .build()
+            .unwrap(),
+        jittery(rec.clone(), current, peak.clone()),
+    );
+    rec.wait_count(count).await;
+    running.stop().await;
+    (rec.all(), peak.load(AtomicOrdering::SeqCst))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_per_partition_holds_with_in_flight_16_over_8_partitions() {
     let topic = unique("order-partition");
@@ -103,21 +122,10 @@ async fn order_per_partition_holds_with_in_flight_16_over_8_partitions() {
     )
     .await;
 
-    let rec = Recorder::default();
-    let (current, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let running = spawn(
-        consumer(&unique("g"), &[&topic])
-            .max_in_flight(16)
-            .ordering(Ordering::Partition)
-            .build()
-            .unwrap(),
-        jittery(rec.clone(), current, peak.clone()),
-    );
-    rec.wait_count(8 * per).await;
-    running.stop().await;
+    let (served, peak) = serve_jittery(&topic, Ordering::Partition, 8 * per).await;
 
     let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for s in rec.all() {
+    for s in served.iter() {
         let (p, seq) = s
             .text()
             .split_once(':')
@@ -134,7 +142,6 @@ async fn order_per_partition_holds_with_in_flight_16_over_8_partitions() {
             "partition {p} served in order, once each"
         );
     }
-    let peak = peak.load(AtomicOrdering::SeqCst);
     assert!(
         peak > 1,
         "partitions ran in parallel (peak concurrency {peak})"
@@ -159,21 +166,10 @@ async fn order_per_key_holds_with_many_keys_on_one_partition() {
     )
     .await;
 
-    let rec = Recorder::default();
-    let (current, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let running = spawn(
-        consumer(&unique("g"), &[&topic])
-            .max_in_flight(16)
-            .ordering(Ordering::Key)
-            .build()
-            .unwrap(),
-        jittery(rec.clone(), current, peak.clone()),
-    );
-    rec.wait_count(keys * per).await;
-    running.stop().await;
+    let (served, peak) = serve_jittery(&topic, Ordering::Key, keys * per).await;
 
     let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
-    for s in rec.all() {
+    for s in served.iter() {
         let (k, seq) = s
             .text()
             .split_once(':')
@@ -190,7 +186,6 @@ async fn order_per_key_holds_with_many_keys_on_one_partition() {
             "key {k} served in order, once each"
         );
     }
-    let peak = peak.load(AtomicOrdering::SeqCst);
     assert!(
         peak > 1,
         "different keys of one partition ran concurrently (peak {peak})"
