@@ -306,6 +306,7 @@ impl Consumer {
             buffer: config.buffer_per_partition,
             drain_timeout: config.drain_timeout,
             generation: 0,
+            needs_flush: false,
             stats: stats.clone(),
         }));
         let context = RuntimeContext {
@@ -388,6 +389,9 @@ struct PollState {
     drain_timeout: Duration,
     generation: u64,
     stats: Arc<RuntimeStats>,
+    // Some partition has stashed records or is paused: flush_stashes has
+    // work. Saves walking every partition for every fetched record.
+    needs_flush: bool,
 }
 
 struct RuntimeContext {
@@ -581,6 +585,7 @@ impl PollState {
         stats.add_buffered(1);
         if !ps.stash.is_empty() {
             ps.stash.push_back(record);
+            self.needs_flush = true;
             return;
         }
         let tx = ps.tx.as_ref().expect("checked above");
@@ -588,6 +593,7 @@ impl PollState {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
                 ps.stash.push_back(record);
+                self.needs_flush = true;
                 if !ps.paused {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&tp.0, tp.1);
@@ -746,7 +752,8 @@ fn poll_loop(
         let timeout = {
             let mut st = lock(state);
             st.drain_events();
-            let stashed = st.flush_stashes(consumer);
+            let stashed = st.needs_flush && st.flush_stashes(consumer);
+            st.needs_flush = stashed;
             if last_commit.elapsed() >= commit_interval {
                 let force = consumer.context().commit_failed.swap(false, Relaxed);
                 st.commit(consumer, CommitMode::Async, None, force);
