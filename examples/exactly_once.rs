@@ -10,6 +10,10 @@
 //! Kill it at any moment (even with SIGKILL) and start it again: a
 //! `read_committed` reader of the output sees each output exactly once.
 //! It prints `served <partition> <offset> <payload>` per attempt.
+//!
+//! With `STALL_AFTER=<n>` the handler stops answering at its `n`-th call
+//! (after printing it), so the batch holding that record never commits: a
+//! way to show a crash that lands inside an open transaction.
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -35,9 +39,15 @@ async fn main() -> Result<(), BoxError> {
         .init();
     let bootstrap = var("KAFKA_BOOTSTRAP_SERVERS")?;
     let output = var("OUTPUT")?;
+    let stall_after: Option<u64> = match var("STALL_AFTER") {
+        Ok(n) => Some(n.parse()?),
+        Err(_) => None,
+    };
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
 
     let service = service_fn(move |req: Request<RecordBody>| {
         let output = output.clone();
+        let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         async move {
             let meta = req
                 .extensions()
@@ -57,9 +67,15 @@ async fn main() -> Result<(), BoxError> {
                 payload: Some(Bytes::from(format!("out-{text}"))),
                 ..Default::default()
             });
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "served {} {} {text}", meta.partition(), meta.offset()).expect("stdout");
-            out.flush().expect("stdout");
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "served {} {} {text}", meta.partition(), meta.offset())
+                    .expect("stdout");
+                out.flush().expect("stdout");
+            }
+            if stall_after.is_some_and(|n| call >= n) {
+                std::future::pending::<()>().await;
+            }
             Ok::<_, Infallible>(Response::new(String::new()))
         }
     });

@@ -40,8 +40,13 @@ impl Processor {
         output: &str,
         group: &str,
         txn_id: &str,
+        stall_after: Option<usize>,
     ) -> Processor {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(n) = stall_after {
+            command.env("STALL_AFTER", n.to_string());
+        }
+        let mut child = command
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
             .env("INPUT", input)
             .env("OUTPUT", output)
@@ -82,10 +87,16 @@ impl Processor {
         got
     }
 
-    fn kill(mut self, sig: i32) -> std::process::ExitStatus {
+    /// Sends `sig`, waits for the exit, and returns the exit status with
+    /// the number of served lines not yet received: everything the process
+    /// printed before it died, read to the end of its stdout.
+    fn kill(mut self, sig: i32) -> (std::process::ExitStatus, usize) {
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        // The reader thread ends (and drops its sender) at end of file.
+        let rest = self.lines.iter().count();
+        (status, rest)
     }
 }
 
@@ -105,14 +116,17 @@ async fn killed_three_times_the_processor_still_emits_exactly_one_output_per_inp
     .await;
     let bin = example_binary("exactly_once");
 
+    // Each killed run stops answering at its 230th call, so the kill lands
+    // while that record's transaction is open: it must be served again.
     let mut served_lines = 0;
     for _ in 0..3 {
-        let p = Processor::start(&bin, &input, &output, &group, &txn_id);
+        let p = Processor::start(&bin, &input, &output, &group, &txn_id, Some(230));
         served_lines += p.wait_served(230);
-        let status = p.kill(libc::SIGKILL);
+        let (status, rest) = p.kill(libc::SIGKILL);
+        served_lines += rest;
         assert!(!status.success(), "killed, not exited");
     }
-    let last = Processor::start(&bin, &input, &output, &group, &txn_id);
+    let last = Processor::start(&bin, &input, &output, &group, &txn_id, None);
     // Done when the group's committed offsets cover every input record.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -132,7 +146,8 @@ async fn killed_three_times_the_processor_still_emits_exactly_one_output_per_inp
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = last.kill(libc::SIGTERM);
+    let (status, rest) = last.kill(libc::SIGTERM);
+    served_lines += rest;
     assert!(status.success(), "graceful shutdown exits 0: {status}");
 
     let outputs = read_all(&output, "read_committed").await;
