@@ -117,12 +117,56 @@ impl ConsumedRecord {
 
     /// As [`ConsumedRecord::into_request`], with a URI the caller built
     /// (the runtime caches one per topic).
+    ///
+    /// Never panics. A record with more headers than an `http::HeaderMap`
+    /// can hold (about 24,000 to 32,000, depending on their names) gets a
+    /// `HeaderMap` holding the headers that fit, in record order; the
+    /// [`RawHeaders`] extension always holds all of them. The runtime uses
+    /// [`ConsumedRecord::try_into_request_with_uri`] instead and
+    /// dead-letters such a record, so no layer sees a partial view.
     pub fn into_request_with_uri(
         self,
         uri: Uri,
         group: Option<Arc<str>>,
         attempt: u32,
     ) -> Request<RecordBody> {
+        self.build_request(uri, group, attempt)
+            .unwrap_or_else(|(req, _)| req)
+    }
+
+    /// As [`ConsumedRecord::into_request_with_uri`], but fails with
+    /// [`MappingError::TooManyHeaders`] instead of truncating the
+    /// `HeaderMap` view.
+    ///
+    /// ```
+    /// use kafka_tower::{ConsumedRecord, MappingError, RawHeader};
+    ///
+    /// let mut record = ConsumedRecord::builder("orders", 0, 7).build();
+    /// for i in 0..40_000 {
+    ///     record.headers.push(RawHeader::new(format!("h{i}"), "v"));
+    /// }
+    /// let uri = kafka_tower::mapping::topic_uri("orders");
+    /// let err = record.try_into_request_with_uri(uri, None, 1).unwrap_err();
+    /// assert!(matches!(err, MappingError::TooManyHeaders { count: 40_000, .. }));
+    /// ```
+    pub fn try_into_request_with_uri(
+        self,
+        uri: Uri,
+        group: Option<Arc<str>>,
+        attempt: u32,
+    ) -> Result<Request<RecordBody>, MappingError> {
+        self.build_request(uri, group, attempt).map_err(|(_, e)| e)
+    }
+
+    /// Builds the request; on a full `HeaderMap`, returns the request with
+    /// the headers that fit, and the error.
+    #[allow(clippy::result_large_err)]
+    fn build_request(
+        self,
+        uri: Uri,
+        group: Option<Arc<str>>,
+        attempt: u32,
+    ) -> Result<Request<RecordBody>, (Request<RecordBody>, MappingError)> {
         let meta = self.meta(group, attempt);
         let method = if self.payload.is_none() {
             Method::DELETE
@@ -133,23 +177,43 @@ impl ConsumedRecord {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let map = req.headers_mut();
-        map.reserve(self.headers.len());
+        // `reserve` and `append` panic past the map's capacity; their
+        // `try_` forms report it. A reservation too large for the map only
+        // means the map grows as headers are appended (not every header
+        // enters it); the append that does not fit is the error.
+        let _ = map.try_reserve(self.headers.len());
+        let mut full = false;
         for h in self.headers.iter() {
             if let Some(value) = &h.value {
                 if let (Ok(name), Ok(value)) = (
                     HeaderName::from_bytes(&h.key),
                     HeaderValue::from_maybe_shared(value.clone()),
                 ) {
-                    map.append(name, value);
+                    if map.try_append(name, value).is_err() {
+                        full = true;
+                        break;
+                    }
                 }
             }
         }
+        let count = self.headers.len();
         let ext = req.extensions_mut();
         ext.insert(meta);
         ext.insert(self.headers);
-        req
+        if full {
+            let error = MappingError::TooManyHeaders {
+                count,
+                limit: MAX_HEADER_MAP_SIZE,
+            };
+            return Err((req, error));
+        }
+        Ok(req)
     }
 }
+
+/// The most entries an `http::HeaderMap` holds (its documented maximum);
+/// it may refuse a reservation of fewer, since it keeps spare room.
+const MAX_HEADER_MAP_SIZE: usize = 1 << 15;
 
 /// Builds a [`ConsumedRecord`], mostly for tests and examples.
 #[derive(Debug, Clone)]
@@ -249,11 +313,31 @@ pub struct OutgoingRecord {
     pub timestamp: Option<i64>,
 }
 
-/// Why a request could not be turned into a record.
+/// Why a record could not be turned into a request, or a request into a
+/// record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MappingError {
     /// The URI path is not `/<topic>` with a legal topic name.
     InvalidTopic(String),
+    /// The record has more headers than an `http::HeaderMap` can hold.
+    TooManyHeaders {
+        /// How many headers the record has.
+        count: usize,
+        /// The most a `HeaderMap` holds.
+        limit: usize,
+    },
+}
+
+impl MappingError {
+    /// A short machine-readable code: the `kt-dlq-reason` of a record the
+    /// runtime dead-letters for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MappingError::InvalidTopic(_) => "invalid_topic",
+            MappingError::TooManyHeaders { .. } => "too_many_headers",
+        }
+    }
 }
 
 impl fmt::Display for MappingError {
@@ -262,6 +346,10 @@ impl fmt::Display for MappingError {
             MappingError::InvalidTopic(path) => write!(
                 f,
                 "request path {path:?} does not name a topic: expected /<topic> with 1-249 characters of [a-zA-Z0-9._-]"
+            ),
+            MappingError::TooManyHeaders { count, limit } => write!(
+                f,
+                "the record has {count} headers; an http::HeaderMap holds at most {limit}"
             ),
         }
     }

@@ -547,3 +547,113 @@ fn header_map_view_examples() {
     assert_eq!(req.extensions().get::<RawHeaders>().unwrap().len(), 8);
     assert_header_view(&req, &record.headers);
 }
+
+// ---------------------------------------------------------------------------
+// Inputs at the edge of what HTTP can hold: the mapping and the context
+// capture must answer, never panic, whatever a record's bytes are.
+// ---------------------------------------------------------------------------
+
+/// A record with `count` headers: `distinct` different names, cycled.
+fn record_with_many_headers(count: usize, distinct: usize, name_len: usize) -> ConsumedRecord {
+    let mut headers = RawHeaders::with_capacity(count);
+    for i in 0..count {
+        let name = format!("h{:0>width$}", i % distinct, width = name_len);
+        headers.push(RawHeader::new(name, "v"));
+    }
+    ConsumedRecord::builder("edge", 0, 1)
+        .payload(Some(Bytes::from_static(b"p")))
+        .headers(headers)
+        .build()
+}
+
+#[test]
+fn a_record_with_more_headers_than_a_header_map_holds_is_a_typed_error() {
+    // 25,000 headers made `HeaderMap::reserve` panic in 0.1.
+    for count in [25_000, 40_000] {
+        let record = record_with_many_headers(count, count, 6);
+        let err = record
+            .clone()
+            .try_into_request_with_uri(topic_uri("edge"), None, 1)
+            .expect_err("too many headers for a HeaderMap");
+        assert_eq!(
+            err,
+            MappingError::TooManyHeaders {
+                count,
+                limit: 1 << 15
+            }
+        );
+        assert_eq!(err.reason(), "too_many_headers");
+        assert!(err.to_string().contains(&count.to_string()), "{err}");
+
+        // The infallible form truncates the HeaderMap view and keeps every
+        // raw header.
+        let req = record.clone().into_request(None, 1);
+        assert!(req.headers().len() < count);
+        assert!(!req.headers().is_empty());
+        let raw = req.extensions().get::<RawHeaders>().expect("raw headers");
+        assert_eq!(raw, &record.headers, "raw headers complete and in order");
+    }
+}
+
+#[test]
+fn headers_http_cannot_hold_do_not_count_against_the_header_map() {
+    // 40,000 headers with null values: none enters the HeaderMap, so the
+    // record maps.
+    let mut headers = RawHeaders::new();
+    for i in 0..40_000 {
+        headers.push(RawHeader::null(format!("n{i}")));
+    }
+    let record = ConsumedRecord::builder("edge", 0, 1)
+        .headers(headers)
+        .build();
+    let req = record
+        .try_into_request_with_uri(topic_uri("edge"), None, 1)
+        .expect("null-valued headers never enter the HeaderMap");
+    assert!(req.headers().is_empty());
+    assert_eq!(req.extensions().get::<RawHeaders>().unwrap().len(), 40_000);
+}
+
+#[test]
+fn a_context_header_repeated_40_000_times_is_captured_whole() {
+    // Repeated values of one name are not entries of their own in a
+    // HeaderMap: no capacity is reached, nothing panics, nothing is lost.
+    let mut headers = RawHeaders::new();
+    for _ in 0..40_000 {
+        headers.push(RawHeader::new("x-correlation-id", "c-1"));
+    }
+    let config = kafka_tower::context::ContextConfig::new();
+    let ctx =
+        kafka_tower::PropagatedContext::from_raw_headers(&headers, &config).expect("valid values");
+    assert_eq!(
+        ctx.headers().get_all("x-correlation-id").iter().count(),
+        40_000
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Large header blocks (up to 40,000 headers, few or many distinct
+    /// names): the fallible mapping answers Ok exactly when every
+    /// representable header fits, the infallible one never panics, and the
+    /// raw headers always survive whole.
+    #[test]
+    fn large_header_blocks_map_or_fail_without_panicking(
+        count in 0usize..40_000,
+        distinct in 1usize..40_000,
+        name_len in 1usize..40,
+    ) {
+        let record = record_with_many_headers(count, distinct.min(count.max(1)), name_len);
+        match record.clone().try_into_request_with_uri(topic_uri("edge"), None, 1) {
+            Ok(req) => prop_assert_eq!(req.headers().len(), count),
+            Err(e) => {
+                prop_assert_eq!(e, MappingError::TooManyHeaders { count, limit: 1 << 15 });
+                prop_assert!(count > 20_000, "a HeaderMap holds 20,000 headers ({} refused)", count);
+            }
+        }
+        let req = record.clone().into_request(None, 1);
+        prop_assert_eq!(req.extensions().get::<RawHeaders>(), Some(&record.headers));
+        let config = kafka_tower::context::ContextConfig::new();
+        let _ = kafka_tower::PropagatedContext::from_raw_headers(&record.headers, &config);
+    }
+}
