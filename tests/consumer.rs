@@ -512,15 +512,30 @@ async fn odd_inputs_are_served_byte_exact() {
 /// A service that is not ready until a deadline: `poll_ready` returns
 /// `Pending` (with a timer to wake it) before then.
 struct NotReadyUntil<S> {
-    until: tokio::time::Instant,
+    /// When the first clone was first asked for readiness: the stall is
+    /// counted from the first record on, however long the group join took.
+    start: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    stall: Duration,
     inner: S,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> NotReadyUntil<S> {
+    fn new(stall: Duration, inner: S) -> Self {
+        NotReadyUntil {
+            start: Arc::default(),
+            stall,
+            inner,
+            sleep: None,
+        }
+    }
 }
 
 impl<S: Clone> Clone for NotReadyUntil<S> {
     fn clone(&self) -> Self {
         NotReadyUntil {
-            until: self.until,
+            start: self.start.clone(),
+            stall: self.stall,
             inner: self.inner.clone(),
             sleep: None,
         }
@@ -537,8 +552,8 @@ impl<S: tower::Service<Request<RecordBody>>> tower::Service<Request<RecordBody>>
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), S::Error>> {
-        if tokio::time::Instant::now() < self.until {
-            let until = self.until;
+        let until = *self.start.get_or_init(tokio::time::Instant::now) + self.stall;
+        if tokio::time::Instant::now() < until {
             let sleep = self
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
@@ -568,11 +583,10 @@ async fn backpressure_pauses_partitions_instead_of_buffering_without_bound() {
 
     let rec = Recorder::default();
     let buffer = 50;
-    let service = NotReadyUntil {
-        until: tokio::time::Instant::now() + Duration::from_secs(2),
-        inner: recording_service(rec.clone(), |_| StatusCode::OK),
-        sleep: None,
-    };
+    let service = NotReadyUntil::new(
+        Duration::from_secs(2),
+        recording_service(rec.clone(), |_| StatusCode::OK),
+    );
     let running = spawn(
         consumer(&unique("g"), &[&topic])
             .buffer_per_partition(buffer)
@@ -616,11 +630,10 @@ async fn consumer_lag_per_partition_comes_from_librdkafka_statistics() {
     create_topic_with_dlq(&topic, 1).await;
     produce(&topic, (0..50).map(|i| Rec::payload(i.to_string()))).await;
     let rec = Recorder::default();
-    let service = NotReadyUntil {
-        until: tokio::time::Instant::now() + Duration::from_secs(3),
-        inner: recording_service(rec.clone(), |_| StatusCode::OK),
-        sleep: None,
-    };
+    let service = NotReadyUntil::new(
+        Duration::from_secs(3),
+        recording_service(rec.clone(), |_| StatusCode::OK),
+    );
     let running = spawn(
         consumer(&unique("g"), &[&topic])
             .property("statistics.interval.ms", "100")

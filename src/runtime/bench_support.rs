@@ -24,23 +24,19 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
-use super::config::{Ordering, RetryPolicy};
-use super::lane::{serve_attempts, Attempted, LaneEvent, LaneShared};
+use super::attempt::{serve_attempts, AttemptPolicy, Attempted};
+use super::config::RetryPolicy;
+use super::service::RecordService;
 use super::stats::RuntimeStats;
 use crate::context::ContextConfig;
-use crate::{BoxError, ConsumedRecord, RecordBody};
+use crate::ConsumedRecord;
 
 /// The runtime's per-record serving path, set up once and run per record.
 pub struct ServingPath {
-    shared: LaneShared,
+    policy: AttemptPolicy,
     cancel: CancellationToken,
-    // Kept so that the lane-event channel stays open, as in the runtime.
-    _events: std::sync::mpsc::Receiver<LaneEvent>,
 }
 
 impl std::fmt::Debug for ServingPath {
@@ -66,22 +62,15 @@ impl ServingPath {
     /// As [`ServingPath::new`], with the runtime's context capture on or
     /// off (`context.capture` in the configuration).
     pub fn with_context_capture(capture: bool) -> Self {
-        let (events, rx) = std::sync::mpsc::channel();
         ServingPath {
-            shared: LaneShared {
+            policy: AttemptPolicy {
                 group: Arc::from("bench"),
                 retry: RetryPolicy::default(),
-                ordering: Ordering::Partition,
-                lookahead: 1,
                 max_error_len: 1024,
-                in_flight: Arc::new(Semaphore::new(64)),
-                events,
-                dead_letter: None,
                 stats: Arc::new(RuntimeStats::default()),
                 context: capture.then(ContextConfig::default),
             },
             cancel: CancellationToken::new(),
-            _events: rx,
         }
     }
 
@@ -89,15 +78,7 @@ impl ServingPath {
     /// URI on each call (a lane builds it once per partition; measure with
     /// [`ServingPath::serve_with_uri`]). Returns whether the record
     /// succeeded (`2xx` within the retry policy).
-    pub async fn serve<S, ResBody>(&self, service: S, record: &ConsumedRecord) -> bool
-    where
-        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
-    {
+    pub async fn serve<S: RecordService>(&self, service: S, record: &ConsumedRecord) -> bool {
         let uri = crate::mapping::topic_uri(&record.topic);
         self.serve_with_uri(service, record, uri).await
     }
@@ -105,28 +86,20 @@ impl ServingPath {
     /// As [`ServingPath::serve`] with the topic's URI built by the caller
     /// (a lane builds it once per partition, so a per-record measurement
     /// should too: see [`topic_uri`](crate::mapping::topic_uri)).
-    pub async fn serve_with_uri<S, ResBody>(
+    pub async fn serve_with_uri<S: RecordService>(
         &self,
         service: S,
         record: &ConsumedRecord,
         uri: http::Uri,
-    ) -> bool
-    where
-        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
-    {
+    ) -> bool {
         matches!(
-            serve_attempts(&self.shared, service, record, uri, &self.cancel, |_| {}).await,
+            serve_attempts(&self.policy, service, record, &uri, &self.cancel, |_| {}).await,
             Attempted::Succeeded
         )
     }
 
     /// Service calls made so far (retries included).
     pub fn attempts(&self) -> u64 {
-        self.shared.stats.attempts()
+        self.policy.stats.attempts()
     }
 }

@@ -7,7 +7,8 @@
 //! topics: [orders, payments]
 //! service_id: orders-service
 //! max_in_flight: 64
-//! buffer_per_partition: 256
+//! buffer_per_partition: 256   # key mode: look-ahead per partition
+//! pause_after: 500ms         # pause a partition whose lane is stuck this long
 //! ordering: partition        # or: key
 //! commit_interval: 1s
 //! drain_timeout: 30s
@@ -68,6 +69,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "service_id",
     "max_in_flight",
     "buffer_per_partition",
+    "pause_after",
     "ordering",
     "commit_interval",
     "drain_timeout",
@@ -320,10 +322,16 @@ pub struct ConsumerConfig {
     /// Records being served at once, over all partitions.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Records fetched but not yet started, per partition, before the
-    /// partition is paused.
+    /// Records a key-ordered lane takes from its partition ahead of those
+    /// it serves (the scheduler's look-ahead). Partition-ordered lanes take
+    /// one record at a time.
     #[serde(default = "default_buffer")]
     pub buffer_per_partition: usize,
+    /// How long a partition's lane may be busy without finishing a record
+    /// (a service not ready, a slow call, retries) before the partition is
+    /// paused; it resumes when the lane finishes a record.
+    #[serde(default = "default_pause_after", with = "humantime_serde")]
+    pub pause_after: Duration,
     /// Ordering within a partition.
     #[serde(default)]
     pub ordering: Ordering,
@@ -357,6 +365,9 @@ fn default_max_in_flight() -> usize {
 fn default_buffer() -> usize {
     256
 }
+fn default_pause_after() -> Duration {
+    Duration::from_millis(500)
+}
 fn default_commit_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -376,6 +387,7 @@ impl ConsumerConfig {
             service_id: default_service_id(),
             max_in_flight: default_max_in_flight(),
             buffer_per_partition: default_buffer(),
+            pause_after: default_pause_after(),
             ordering: Ordering::default(),
             commit_interval: default_commit_interval(),
             drain_timeout: default_drain_timeout(),
@@ -752,6 +764,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("service_id", &self.service_id)
             .field("max_in_flight", &self.max_in_flight)
             .field("buffer_per_partition", &self.buffer_per_partition)
+            .field("pause_after", &self.pause_after)
             .field("ordering", &self.ordering)
             .field("commit_interval", &self.commit_interval)
             .field("drain_timeout", &self.drain_timeout)

@@ -1,30 +1,33 @@
 //! The consumer runtime: [`Consumer`] and its builder.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    base_consumer::PartitionQueue, BaseConsumer, CommitMode, Consumer as _, ConsumerContext,
+    Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tokio::sync::Notify;
 
+use super::attempt::AttemptPolicy;
 use super::config::{
     ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
 };
 use super::dead_letter::DeadLetterWriter;
-use super::lane::{run_lane, LaneEvent, LaneShared, TopicPartition};
+use super::lane::{
+    run_lane, Bell, InFlightLimit, LaneControl, LaneShared, RecordSource, TopicPartition,
+};
 use super::native::to_consumed_record;
+use super::service::RecordService;
 use super::stats::RuntimeStats;
-use crate::offsets::OffsetTracker;
-use crate::{BoxError, ConsumedRecord, RecordBody};
+use crate::{BoxError, ConsumedRecord};
 
 /// Serves the records of a consumer group's topics to a Tower service.
 ///
@@ -43,12 +46,23 @@ use crate::{BoxError, ConsumedRecord, RecordBody};
 ///   of one key are served in order and different keys run concurrently.
 ///   Partitions always run concurrently, up to `max_in_flight` records.
 /// * **Backpressure.** A record is handed to the service only after
-///   `poll_ready` succeeded. A partition whose buffer is full is paused
-///   until it drains, so the records held in memory are at most
-///   `partitions × (buffer_per_partition + lookahead + 1)` (lookahead is 1
-///   in partition mode and `buffer_per_partition` in key mode) plus the
-///   `max_in_flight` being served, plus what librdkafka prefetches
-///   (`queued.max.messages.kbytes`).
+///   `poll_ready` succeeded. Each partition has its own librdkafka queue,
+///   drained by its lane only when it can start a record, so a slow lane
+///   simply stops draining. The records held in memory are at most, per
+///   partition, what librdkafka prefetches — `queued.min.messages` records
+///   or `queued.max.messages.kbytes` (the runtime sets 5,000 and 4,096 KiB
+///   per partition unless configured) plus one fetch — and what the lane
+///   took: the record being served (partition mode) or up to
+///   `buffer_per_partition` look-ahead records (key mode). A lane busy
+///   without finishing a record for `pause_after` has its partition paused,
+///   which drops the partition's prefetched records until it moves again;
+///   a lane that keeps up is never paused.
+/// * **Supervision.** A record the runtime cannot present to the service
+///   (see [`MappingError`](crate::MappingError)) is dead-lettered with
+///   `kt-dlq-failed-by: mapping`; a panic of the runtime's own code on a
+///   record is caught and the record dead-lettered with `failed-by:
+///   runtime`. If even that fails, [`Consumer::serve`] returns an error: a
+///   partition never stops silently.
 /// * **Retries and dead letters.** `408`, `429`, `5xx`, `Err` and panics
 ///   are retried with exponential backoff and jitter in the record's own
 ///   lane (other partitions keep going); other statuses, and retryable
@@ -110,10 +124,16 @@ impl ConsumerBuilder {
         self.config.max_in_flight = n;
         self
     }
-    /// Sets how many fetched records a partition may buffer before it is
-    /// paused.
+    /// Sets how many records a key-ordered lane takes ahead of those it
+    /// serves.
     pub fn buffer_per_partition(mut self, n: usize) -> Self {
         self.config.buffer_per_partition = n;
+        self
+    }
+    /// Sets how long a partition's lane may be busy without finishing a
+    /// record before the partition is paused.
+    pub fn pause_after(mut self, after: Duration) -> Self {
+        self.config.pause_after = after;
         self
     }
     /// Sets the ordering mode.
@@ -231,20 +251,18 @@ impl Consumer {
     /// Serves every record of the subscribed topics to `service` until
     /// `shutdown` completes, then drains, commits and closes.
     ///
-    /// `service` may be any `Clone` service over `http::Request<RecordBody>`
-    /// answering `http::Response<B>`, an `axum::Router` included. Each
-    /// partition gets a clone; `poll_ready` is awaited before every call.
+    /// `service` may be any [`RecordService`]: a `Clone` service over
+    /// `http::Request<RecordBody>` answering `http::Response<B>`, an
+    /// `axum::Router` included. Each partition gets a clone; `poll_ready` is
+    /// awaited before every call.
     ///
     /// Returns an error if the client cannot be created (the message names
-    /// the bad librdkafka property) or on a fatal client error.
-    pub async fn serve<S, ResBody, F>(self, service: S, shutdown: F) -> Result<(), ConsumerError>
+    /// the bad librdkafka property), on a fatal client error, or when the
+    /// runtime itself fails on a partition (a panic below the service that
+    /// even dead-lettering the record could not get past).
+    pub async fn serve<S, F>(self, service: S, shutdown: F) -> Result<(), ConsumerError>
     where
-        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: RecordService,
         F: Future<Output = ()> + Send,
     {
         let config = self.config;
@@ -259,74 +277,87 @@ impl Consumer {
         } else {
             None
         };
-        let (events_tx, events_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(LaneShared {
-            group: config.group_id.as_str().into(),
-            retry: config.retry.clone(),
+            policy: AttemptPolicy {
+                group: config.group_id.as_str().into(),
+                retry: config.retry.clone(),
+                max_error_len: config.dead_letter.max_error_len,
+                stats: stats.clone(),
+                context: if config.context.capture {
+                    Some(
+                        config
+                            .context
+                            .to_context_config()
+                            .map_err(ConsumerError::config)?,
+                    )
+                } else {
+                    None
+                },
+            },
             ordering: config.ordering,
             lookahead: match config.ordering {
                 Ordering::Partition => 1,
                 Ordering::Key => config.buffer_per_partition,
             },
-            max_error_len: config.dead_letter.max_error_len,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            events: events_tx,
+            in_flight: InFlightLimit::new(config.max_in_flight),
             dead_letter,
-            stats: stats.clone(),
-            context: if config.context.capture {
-                Some(
-                    config
-                        .context
-                        .to_context_config()
-                        .map_err(|m| ConsumerError {
-                            message: format!("invalid configuration: `context.extra_headers`: {m}"),
-                            source: None,
-                        })?,
-                )
-            } else {
-                None
-            },
+            exits: Bell::default(),
         });
-        let spawn_lane: SpawnLane = Box::new(move |tp, generation, rx, cancel| {
+        let lane_shared = shared.clone();
+        let spawn_lane: SpawnLane = Box::new(move |tp, queue, ctl| {
+            let wake = Arc::new(Notify::new());
+            let mut queue = queue;
+            let notify = wake.clone();
+            queue.set_nonempty_callback(move || notify.notify_one());
+            let source = PartitionFeed {
+                queue,
+                topic: tp.0.clone(),
+            };
             handle.spawn(run_lane(
-                shared.clone(),
+                lane_shared.clone(),
                 service.clone(),
                 tp,
-                generation,
-                rx,
-                cancel,
+                source,
+                wake,
+                ctl,
             ))
         });
 
-        let state = Arc::new(Mutex::new(PollState {
+        let state = Mutex::new(PollState {
             partitions: HashMap::new(),
             topics: HashMap::new(),
-            events: events_rx,
             spawn_lane,
-            buffer: config.buffer_per_partition,
+            shared,
             drain_timeout: config.drain_timeout,
-            generation: 0,
-            needs_flush: false,
+            pause_after: config.pause_after,
             stats: stats.clone(),
-        }));
+            fatal: None,
+        });
         let context = RuntimeContext {
-            state: state.clone(),
+            state,
+            consumer: OnceLock::new(),
             stats: stats.clone(),
-            commit_failed: Arc::new(AtomicBool::new(false)),
-            commits: Arc::new(AtomicU64::new(0)),
+            commit_failed: AtomicBool::new(false),
         };
 
         let mut cc = ClientConfig::new();
+        // Each partition has its own queue: librdkafka's prefetch limits
+        // apply per partition, so the defaults (100,000 records, 64 MiB)
+        // would allow that much for every partition. These keep the whole
+        // prefetch of 16 partitions near the defaults' single-queue total.
+        cc.set("queued.min.messages", "5000")
+            .set("queued.max.messages.kbytes", "4096");
         for (k, v) in &config.properties {
             cc.set(k, &v.0);
         }
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer<RuntimeContext> =
-            cc.create_with_context(context).map_err(|e| {
+        let consumer: Arc<BaseConsumer<RuntimeContext>> =
+            Arc::new(cc.create_with_context(context).map_err(|e| {
                 ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
-            })?;
+            })?);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -339,22 +370,21 @@ impl Consumer {
         std::thread::Builder::new()
             .name("kafka-tower-poll".into())
             .spawn(move || {
-                let result = poll_loop(&consumer, &state, &thread_stop, commit_interval);
+                let result = poll_loop(&consumer, &thread_stop, commit_interval);
                 drop(consumer);
                 let _ = done_tx.send(result);
             })
             .map_err(|e| ConsumerError::new("cannot start the poll thread", e))?;
 
+        let panicked = || ConsumerError::message("the poll thread panicked");
         let mut done_rx = done_rx;
         tokio::select! {
             () = shutdown => {
                 tracing::info!("shutdown requested: draining in-flight records");
                 stop.store(true, Relaxed);
-                done_rx.await.unwrap_or_else(|_| Err(ConsumerError { message: "the poll thread panicked".into(), source: None }))
+                done_rx.await.unwrap_or_else(|_| Err(panicked()))
             }
-            result = &mut done_rx => {
-                result.unwrap_or_else(|_| Err(ConsumerError { message: "the poll thread panicked".into(), source: None }))
-            }
+            result = &mut done_rx => result.unwrap_or_else(|_| Err(panicked())),
         }
     }
 }
@@ -362,47 +392,69 @@ impl Consumer {
 type SpawnLane = Box<
     dyn FnMut(
             TopicPartition,
-            u64,
-            mpsc::Receiver<ConsumedRecord>,
-            CancellationToken,
+            PartitionQueue<RuntimeContext>,
+            Arc<LaneControl>,
         ) -> tokio::task::JoinHandle<()>
         + Send,
 >;
 
+/// A partition's own librdkafka queue, drained by its lane.
+struct PartitionFeed {
+    queue: PartitionQueue<RuntimeContext>,
+    topic: Arc<str>,
+}
+
+impl RecordSource for PartitionFeed {
+    fn next_ready(&mut self) -> Option<ConsumedRecord> {
+        loop {
+            match self.queue.poll(Duration::ZERO)? {
+                Ok(msg) => return Some(to_consumed_record(&msg, self.topic.clone())),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "partition queue error");
+                }
+            }
+        }
+    }
+}
+
 struct PartitionState {
-    tracker: OffsetTracker,
-    tx: Option<mpsc::Sender<ConsumedRecord>>,
-    stash: VecDeque<ConsumedRecord>,
-    paused: bool,
-    generation: u64,
-    cancel: CancellationToken,
+    ctl: Arc<LaneControl>,
     lane: tokio::task::JoinHandle<()>,
-    exited: bool,
+    /// The commit point last sent to the broker.
+    committed: Option<i64>,
+    paused: bool,
+    /// The lane's progress when last looked at, and since when it has been
+    /// busy without progress.
+    seen_progress: u64,
+    stalled_since: Option<Instant>,
 }
 
 struct PollState {
     partitions: HashMap<TopicPartition, PartitionState>,
     topics: HashMap<String, Arc<str>>,
-    events: std::sync::mpsc::Receiver<LaneEvent>,
     spawn_lane: SpawnLane,
-    buffer: usize,
+    shared: Arc<LaneShared>,
     drain_timeout: Duration,
-    generation: u64,
+    pause_after: Duration,
     stats: Arc<RuntimeStats>,
-    // Some partition has stashed records or is paused: flush_stashes has
-    // work. Saves walking every partition for every fetched record.
-    needs_flush: bool,
+    /// Set by a rebalance callback that cannot go on.
+    fatal: Option<ConsumerError>,
 }
 
 struct RuntimeContext {
-    state: Arc<Mutex<PollState>>,
+    // Only the poll thread (and the callbacks it runs) touches the state.
+    state: Mutex<PollState>,
+    /// The consumer itself, for splitting partition queues in the
+    /// rebalance callback.
+    consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
     stats: Arc<RuntimeStats>,
-    commit_failed: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
+    commit_failed: AtomicBool,
 }
 
-fn lock(state: &Mutex<PollState>) -> MutexGuard<'_, PollState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+impl RuntimeContext {
+    fn state(&self) -> MutexGuard<'_, PollState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ClientContext for RuntimeContext {
@@ -428,54 +480,76 @@ impl ClientContext for RuntimeContext {
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut st = lock(&self.state);
-            let mut revoked: Vec<TopicPartition> = Vec::new();
-            for e in tpl.elements() {
-                let tp = (st.intern(e.topic()), e.partition());
-                if st.partitions.contains_key(&tp) {
-                    revoked.push(tp);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut st = self.state();
+                let mut revoked: Vec<TopicPartition> = Vec::new();
+                for e in tpl.elements() {
+                    let tp = (st.intern(e.topic()), e.partition());
+                    if st.partitions.contains_key(&tp) {
+                        revoked.push(tp);
+                    }
+                }
+                if revoked.is_empty() {
+                    return;
+                }
+                tracing::info!(
+                    partitions = revoked.len(),
+                    "partitions revoked: finishing in-flight records"
+                );
+                st.drain(&revoked);
+                if consumer.assignment_lost() {
+                    tracing::warn!(
+                        "assignment lost: finished offsets of revoked partitions cannot be committed"
+                    );
+                } else {
+                    st.commit(consumer, CommitMode::Sync, Some(&revoked), true);
+                }
+                for tp in &revoked {
+                    st.partitions.remove(tp);
                 }
             }
-            if revoked.is_empty() {
-                return;
+            Rebalance::Assign(tpl) => {
+                // Split each new partition's queue before librdkafka starts
+                // fetching it, so that none of its records reaches the
+                // consumer queue: its lane drains it.
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                let mut st = self.state();
+                let mut count = 0;
+                for e in tpl.elements() {
+                    let tp = (st.intern(e.topic()), e.partition());
+                    if st.partitions.contains_key(&tp) {
+                        continue;
+                    }
+                    match consumer.split_partition_queue(&tp.0, tp.1) {
+                        Some(queue) => {
+                            st.add_partition(tp, queue);
+                            count += 1;
+                        }
+                        None => {
+                            st.fatal = Some(ConsumerError::message(format!(
+                                "cannot open the queue of {}[{}]",
+                                tp.0, tp.1
+                            )));
+                        }
+                    }
+                }
+                tracing::info!(partitions = count, "partitions assigned");
             }
-            tracing::info!(
-                partitions = revoked.len(),
-                "partitions revoked: finishing in-flight records"
-            );
-            st.drain(&revoked);
-            if consumer.assignment_lost() {
-                tracing::warn!(
-                    "assignment lost: finished offsets of revoked partitions cannot be committed"
-                );
-            } else {
-                st.commit(consumer, CommitMode::Sync, Some(&revoked), true);
-            }
-            for tp in &revoked {
-                st.partitions.remove(tp);
-            }
+            Rebalance::Error(_) => {}
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut st = lock(&self.state);
-                let mut count = 0;
-                for e in tpl.elements() {
-                    let tp = (st.intern(e.topic()), e.partition());
-                    if !st.partitions.contains_key(&tp) {
-                        st.add_partition(tp);
-                        count += 1;
-                    }
-                }
                 // A partition paused before an earlier revocation must not
                 // come back paused.
                 if let Err(e) = consumer.resume(tpl) {
                     tracing::debug!(error = %e, "resume of newly assigned partitions");
                 }
-                tracing::info!(partitions = count, "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
@@ -484,9 +558,7 @@ impl ConsumerContext for RuntimeContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => {
-                self.commits.fetch_add(1, Relaxed);
-            }
+            Ok(()) => {}
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 self.commit_failed.store(true, Relaxed);
@@ -506,201 +578,101 @@ impl PollState {
         t
     }
 
-    fn add_partition(&mut self, tp: TopicPartition) {
-        self.generation += 1;
-        let (tx, rx) = mpsc::channel(self.buffer);
-        let cancel = CancellationToken::new();
-        let lane = (self.spawn_lane)(tp.clone(), self.generation, rx, cancel.clone());
+    fn add_partition(&mut self, tp: TopicPartition, queue: PartitionQueue<RuntimeContext>) {
+        let ctl = Arc::new(LaneControl::new());
+        let lane = (self.spawn_lane)(tp.clone(), queue, ctl.clone());
         self.partitions.insert(
             tp,
             PartitionState {
-                tracker: OffsetTracker::new(),
-                tx: Some(tx),
-                stash: VecDeque::new(),
-                paused: false,
-                generation: self.generation,
-                cancel,
+                ctl,
                 lane,
-                exited: false,
+                committed: None,
+                paused: false,
+                seen_progress: 0,
+                stalled_since: None,
             },
         );
     }
 
-    fn handle_event(&mut self, event: LaneEvent) {
-        match event {
-            LaneEvent::Finished {
-                tp,
-                generation,
-                offset,
-            } => {
-                if let Some(ps) = self.partitions.get_mut(&tp) {
-                    if ps.generation == generation {
-                        ps.tracker.finished(offset);
-                    }
-                }
-            }
-            LaneEvent::Exited { tp, generation } => {
-                if let Some(ps) = self.partitions.get_mut(&tp) {
-                    if ps.generation == generation {
-                        ps.exited = true;
-                    }
-                }
-            }
-        }
-    }
-
-    fn drain_events(&mut self) {
-        while let Ok(ev) = self.events.try_recv() {
-            self.handle_event(ev);
-        }
-    }
-
-    /// Takes in a fetched record: to the lane, or to the stash (pausing the
-    /// partition) when the lane's buffer is full.
-    fn accept(
+    /// Pauses a partition whose lane has been busy without finishing a
+    /// record for `pause_after` (librdkafka then drops what it prefetched
+    /// for it), and resumes it once the lane moves again. A lane that keeps
+    /// up is never paused. Returns an error if a lane stopped on its own.
+    fn watch_lanes(
         &mut self,
         consumer: &BaseConsumer<RuntimeContext>,
-        record: ConsumedRecord,
-        tp: TopicPartition,
-    ) {
-        let stats = self.stats.clone();
-        let Some(ps) = self.partitions.get_mut(&tp) else {
-            tracing::debug!(topic = %tp.0, partition = tp.1, "record of a partition not assigned here: left for its owner");
-            return;
-        };
-        if ps.tx.is_none() {
-            return;
-        }
-        if ps
-            .tracker
-            .next_expected()
-            .is_some_and(|next| record.offset < next)
-        {
-            // Delivered again (librdkafka re-fetched after a pause, or was
-            // rewound): this lane already has the record, in flight or done.
-            tracing::debug!(topic = %tp.0, partition = tp.1, offset = record.offset, "record delivered again: already dispatched, skipped");
-            return;
-        }
-        ps.tracker.dispatched(record.offset);
-        stats.add_buffered(1);
-        if !ps.stash.is_empty() {
-            ps.stash.push_back(record);
-            self.needs_flush = true;
-            return;
-        }
-        let tx = ps.tx.as_ref().expect("checked above");
-        match tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                ps.stash.push_back(record);
-                self.needs_flush = true;
-                if !ps.paused {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&tp.0, tp.1);
-                    match consumer.pause(&tpl) {
-                        Ok(()) => {
-                            ps.paused = true;
-                            stats.paused_partitions.fetch_add(1, Relaxed);
-                            stats.pauses.fetch_add(1, Relaxed);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot pause {}[{}]", tp.0, tp.1),
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(record)) => {
-                // The lane is gone (revocation in progress): not started, not
-                // committed; the next owner gets it.
-                stats.sub_buffered(1);
-                drop(record);
-            }
-        }
-    }
-
-    /// Moves stashed records into lanes with room; resumes partitions whose
-    /// lane has drained to half its buffer. Returns whether a partition is
-    /// still paused (the caller then polls more often to resume it soon).
-    fn flush_stashes(&mut self, consumer: &BaseConsumer<RuntimeContext>) -> bool {
-        let mut any_left = false;
+    ) -> Result<(), ConsumerError> {
+        let now = Instant::now();
         for (tp, ps) in self.partitions.iter_mut() {
-            let Some(tx) = &ps.tx else { continue };
-            while let Some(record) = ps.stash.pop_front() {
-                match tx.try_send(record) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(r))
-                    | Err(mpsc::error::TrySendError::Closed(r)) => {
-                        ps.stash.push_front(r);
-                        break;
-                    }
-                }
+            if ps.ctl.has_exited() && !ps.ctl.cancel.is_cancelled() {
+                let why = ps
+                    .ctl
+                    .failure()
+                    .unwrap_or_else(|| "the lane ended unexpectedly".to_owned());
+                return Err(ConsumerError::message(format!(
+                    "the runtime failed on {}[{}]: {why}",
+                    tp.0, tp.1
+                )));
             }
-            // Resume at a low-water mark (half the buffer free), not at the
-            // first free slot: resuming at once makes a partition whose
-            // service is slower than the fetch pause and resume on every
-            // record.
-            if ps.stash.is_empty() && ps.paused && tx.capacity() * 2 >= self.buffer {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&tp.0, tp.1);
-                match consumer.resume(&tpl) {
-                    Ok(()) => {
-                        ps.paused = false;
-                        self.stats.paused_partitions.fetch_sub(1, Relaxed);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot resume {}[{}]", tp.0, tp.1),
+            let (progress, busy) = ps.ctl.progress();
+            let stalled = busy && progress == ps.seen_progress;
+            ps.seen_progress = progress;
+            if !stalled {
+                ps.stalled_since = None;
+                if ps.paused {
+                    set_paused(consumer, tp, false, &self.stats);
+                    ps.paused = false;
                 }
+                continue;
             }
-            any_left |= !ps.stash.is_empty() || ps.paused;
+            let since = *ps.stalled_since.get_or_insert(now);
+            if !ps.paused && now.duration_since(since) >= self.pause_after {
+                set_paused(consumer, tp, true, &self.stats);
+                ps.paused = true;
+            }
         }
-        any_left
+        Ok(())
     }
 
     /// Stops the lanes of `tps` from starting records, waits up to the drain
     /// timeout for their in-flight records, and aborts what is left.
     fn drain(&mut self, tps: &[TopicPartition]) {
+        let mut lanes = Vec::with_capacity(tps.len());
         for tp in tps {
             if let Some(ps) = self.partitions.get_mut(tp) {
-                ps.cancel.cancel();
-                ps.tx = None;
-                let dropped = ps.stash.len();
-                ps.stash.clear();
-                self.stats.sub_buffered(dropped);
+                ps.ctl.cancel.cancel();
                 if ps.paused {
                     ps.paused = false;
                     self.stats.paused_partitions.fetch_sub(1, Relaxed);
                 }
+                lanes.push(ps.ctl.clone());
             }
         }
-        let deadline = Instant::now() + self.drain_timeout;
-        loop {
-            self.drain_events();
-            let pending = tps
-                .iter()
-                .filter(|tp| self.partitions.get(*tp).is_some_and(|ps| !ps.exited))
-                .count();
-            if pending == 0 {
-                return;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!(
-                    lanes = pending,
-                    "drain timeout: abandoning in-flight records (they will be redelivered)"
-                );
-                for tp in tps {
-                    if let Some(ps) = self.partitions.get_mut(tp) {
-                        if !ps.exited {
-                            ps.lane.abort();
-                        }
-                    }
+        let all_exited = || lanes.iter().all(|c| c.has_exited());
+        if self.shared.exits.wait_until(self.drain_timeout, all_exited) {
+            return;
+        }
+        let pending = lanes.iter().filter(|c| !c.has_exited()).count();
+        tracing::warn!(
+            lanes = pending,
+            "drain timeout: abandoning in-flight records (they will be redelivered)"
+        );
+        for tp in tps {
+            if let Some(ps) = self.partitions.get(tp) {
+                if !ps.ctl.has_exited() {
+                    ps.lane.abort();
                 }
-                return;
-            }
-            if let Ok(ev) = self.events.recv_timeout(deadline - now) {
-                self.handle_event(ev);
             }
         }
+        // An aborted lane exits when the runtime drops it; wait for that so
+        // that no lane outlives its partition's assignment.
+        self.shared
+            .exits
+            .wait_until(Duration::from_secs(5), all_exited);
     }
 
-    /// Commits the finished prefix of `only` (or of every partition).
+    /// Commits the finished prefix of `only` (or of every partition); with
+    /// `force`, also what was committed before.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<RuntimeContext>,
@@ -713,18 +685,15 @@ impl PollState {
             if only.is_some_and(|o| !o.contains(tp)) {
                 continue;
             }
-            let point = if force {
-                ps.tracker.commit_point()
-            } else {
-                ps.tracker.take_commit()
+            let Some(point) = ps.ctl.commit_point() else {
+                continue;
             };
-            if let Some(point) = point {
-                if force {
-                    ps.tracker.take_commit();
-                }
-                if let Err(e) = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(point)) {
-                    tracing::warn!(error = %e, "cannot add offset to commit");
-                }
+            if !force && ps.committed == Some(point) {
+                continue;
+            }
+            ps.committed = Some(point);
+            if let Err(e) = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(point)) {
+                tracing::warn!(error = %e, "cannot add offset to commit");
             }
         }
         if tpl.count() == 0 {
@@ -740,42 +709,74 @@ impl PollState {
     }
 }
 
+fn set_paused(
+    consumer: &BaseConsumer<RuntimeContext>,
+    tp: &TopicPartition,
+    pause: bool,
+    stats: &RuntimeStats,
+) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    let done = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match done {
+        Ok(()) if pause => {
+            tracing::debug!(topic = %tp.0, partition = tp.1, "lane stalled: partition paused");
+            stats.paused_partitions.fetch_add(1, Relaxed);
+            stats.pauses.fetch_add(1, Relaxed);
+        }
+        Ok(()) => {
+            stats.paused_partitions.fetch_sub(1, Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume {}[{}]", tp.0, tp.1),
+    }
+}
+
 fn poll_loop(
     consumer: &BaseConsumer<RuntimeContext>,
-    state: &Mutex<PollState>,
     stop: &AtomicBool,
     commit_interval: Duration,
 ) -> Result<(), ConsumerError> {
+    let context = consumer.context();
     let mut last_commit = Instant::now();
     let mut result = Ok(());
     while !stop.load(Relaxed) {
-        let timeout = {
-            let mut st = lock(state);
-            st.drain_events();
-            let stashed = st.needs_flush && st.flush_stashes(consumer);
-            st.needs_flush = stashed;
+        {
+            let mut st = context.state();
+            if let Some(e) = st.fatal.take() {
+                result = Err(e);
+                break;
+            }
+            if let Err(e) = st.watch_lanes(consumer) {
+                tracing::error!(error = %e, "stopping");
+                result = Err(e);
+                break;
+            }
             if last_commit.elapsed() >= commit_interval {
-                let force = consumer.context().commit_failed.swap(false, Relaxed);
+                let force = context.commit_failed.swap(false, Relaxed);
                 st.commit(consumer, CommitMode::Async, None, force);
                 last_commit = Instant::now();
             }
-            if stashed {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(50)
-            }
-        };
-        match consumer.poll(timeout) {
+        }
+        // Records go to the partitions' own queues; this serves rebalances,
+        // commit results and errors.
+        match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(msg)) => {
-                let mut st = lock(state);
-                let topic = st.intern(msg.topic());
-                let tp = (topic.clone(), msg.partition());
-                if st.partitions.get(&tp).is_some_and(|ps| ps.tx.is_some()) {
-                    let record = to_consumed_record(&msg, topic);
-                    drop(msg);
-                    st.accept(consumer, record, tp);
-                }
+                // Every assigned partition's queue is split off before it is
+                // fetched; a record here would bypass its lane.
+                let e = ConsumerError::message(format!(
+                    "a record of {}[{}]@{} reached the consumer queue instead of its partition's lane",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset()
+                ));
+                tracing::error!(error = %e, "stopping");
+                result = Err(e);
+                break;
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 tracing::error!(error = %code, "fatal consumer error: stopping");
@@ -790,8 +791,8 @@ fn poll_loop(
             }
         }
     }
-    // Shutdown: stop fetching, let in-flight records finish, commit.
-    let mut st = lock(state);
+    // Shutdown: stop the lanes, let in-flight records finish, commit.
+    let mut st = context.state();
     let all: Vec<TopicPartition> = st.partitions.keys().cloned().collect();
     st.drain(&all);
     st.commit(consumer, CommitMode::Sync, None, true);

@@ -47,23 +47,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use http::{Request, Response};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
+use super::attempt::{serve_attempts, AttemptPolicy, Attempted};
 use super::config::{ConsumerConfig, ProducerConfig};
 use super::consumer::{Consumer, ConsumerError};
 use super::dead_letter::provenance_headers;
-use super::lane::{serve_attempts, Attempted, LaneShared};
 use super::native::to_consumed_record;
+use super::service::RecordService;
 use super::transactions::{TransactionError, TransactionalProducer};
 use crate::context::{InjectMode, PropagatedContext};
-use crate::{BoxError, ConsumedRecord, OutgoingRecord, RecordBody};
+use crate::{ConsumedRecord, OutgoingRecord};
 
 /// Records a handler produces in exactly-once mode. A request extension:
 /// what is sent to it is produced in the batch's transaction if, and only
@@ -245,19 +244,14 @@ impl Consumer {
     /// The consumer reads with `isolation.level=read_committed` unless
     /// configured otherwise. Ordering is per partition; `max_in_flight`
     /// bounds the partitions served at once.
-    pub async fn serve_exactly_once<S, ResBody, F>(
+    pub async fn serve_exactly_once<S, F>(
         self,
         service: S,
         settings: ExactlyOnce,
         shutdown: F,
     ) -> Result<(), ConsumerError>
     where
-        S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: RecordService,
         F: std::future::Future<Output = ()> + Send,
     {
         let config = self.config().clone();
@@ -265,27 +259,24 @@ impl Consumer {
         let producer = TransactionalProducer::new(settings.producer.clone())
             .await
             .map_err(|e| ConsumerError::new("cannot start the transactional producer", e))?;
-        let (events, _unused) = std::sync::mpsc::channel();
-        let shared = Arc::new(LaneShared {
-            group: config.group_id.as_str().into(),
-            retry: config.retry.clone(),
-            ordering: config.ordering,
-            lookahead: 1,
-            max_error_len: config.dead_letter.max_error_len,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            events,
-            dead_letter: None,
-            stats: stats.clone(),
-            context: if config.context.capture {
-                Some(
-                    config
-                        .context
-                        .to_context_config()
-                        .map_err(ConsumerError::config)?,
-                )
-            } else {
-                None
+        let shared = Arc::new(EosShared {
+            policy: AttemptPolicy {
+                group: config.group_id.as_str().into(),
+                retry: config.retry.clone(),
+                max_error_len: config.dead_letter.max_error_len,
+                stats: stats.clone(),
+                context: if config.context.capture {
+                    Some(
+                        config
+                            .context
+                            .to_context_config()
+                            .map_err(ConsumerError::config)?,
+                    )
+                } else {
+                    None
+                },
             },
+            partitions_at_once: Semaphore::new(config.max_in_flight),
         });
 
         let mut cc = ClientConfig::new();
@@ -343,11 +334,18 @@ impl Consumer {
     }
 }
 
+/// What the partitions of a batch share while they are served.
+struct EosShared {
+    policy: AttemptPolicy,
+    /// `max_in_flight`: partitions of a batch served at once.
+    partitions_at_once: Semaphore,
+}
+
 struct EosRun<'c, S> {
     consumer: &'c BaseConsumer<EosContext>,
     producer: TransactionalProducer,
     service: S,
-    shared: Arc<LaneShared>,
+    shared: Arc<EosShared>,
     handle: tokio::runtime::Handle,
     config: ConsumerConfig,
     settings: ExactlyOnce,
@@ -355,15 +353,7 @@ struct EosRun<'c, S> {
 
 type Partition = (Arc<str>, i32);
 
-impl<S, ResBody> EosRun<'_, S>
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
+impl<S: RecordService> EosRun<'_, S> {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), ConsumerError> {
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
         while !stop.load(Relaxed) {
@@ -501,7 +491,7 @@ where
                 let dlq = self.config.dead_letter.clone();
                 let service_id = self.config.service_id.clone();
                 self.handle.spawn(async move {
-                    let _permit = shared.in_flight.acquire().await;
+                    let _permit = shared.partitions_at_once.acquire().await;
                     serve_partition(&shared, service, records, &cancel, &dlq, &service_id).await
                 })
             })
@@ -560,22 +550,14 @@ where
 
 /// Serves one partition's records in order; returns the outputs of every
 /// successful record and the dead letters of failed ones.
-async fn serve_partition<S, ResBody>(
-    shared: &LaneShared,
+async fn serve_partition<S: RecordService>(
+    shared: &EosShared,
     service: S,
     records: Vec<ConsumedRecord>,
     cancel: &CancellationToken,
     dlq: &super::config::DeadLetterPolicy,
     service_id: &str,
-) -> Result<Vec<OutgoingRecord>, BatchError>
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
+) -> Result<Vec<OutgoingRecord>, BatchError> {
     let mut outputs = Vec::new();
     let Some(first) = records.first() else {
         return Ok(outputs);
@@ -584,10 +566,10 @@ where
     for record in &records {
         let mut outbox = Outbox::default();
         let attempted = serve_attempts(
-            shared,
+            &shared.policy,
             service.clone(),
             record,
-            uri.clone(),
+            &uri,
             cancel,
             |req| {
                 outbox = Outbox::default();
@@ -600,7 +582,7 @@ where
             Attempted::Cancelled => return Err(BatchError::Retry("cancelled".into())),
             Attempted::Failed { failure, attempts } => match dlq.topic_for(&record.topic) {
                 Some(topic) => {
-                    shared.stats.dead_lettered.fetch_add(1, Relaxed);
+                    shared.policy.stats.dead_lettered.fetch_add(1, Relaxed);
                     outputs.push(OutgoingRecord {
                         topic,
                         partition: None,
@@ -610,7 +592,7 @@ where
                             record,
                             &failure,
                             attempts,
-                            &shared.group,
+                            &shared.policy.group,
                             service_id,
                             dlq.max_error_len,
                         ),
@@ -618,7 +600,7 @@ where
                     });
                 }
                 None => {
-                    shared.stats.skipped.fetch_add(1, Relaxed);
+                    shared.policy.stats.skipped.fetch_add(1, Relaxed);
                     tracing::error!(
                         topic = %record.topic, partition = record.partition, offset = record.offset,
                         error = %failure.message, "record failed and dead-lettering is disabled: skipped"

@@ -1,375 +1,760 @@
-//! One lane per assigned partition: pulls the partition's fetched records,
-//! serves them in order (per partition, or per key), retries, dead-letters,
-//! and reports finished offsets to the poll thread.
+//! One lane per assigned partition. The lane drains its partition's own
+//! librdkafka queue itself, serves the records in order (per partition, or
+//! per key), and publishes its finished prefix in atomics the committer
+//! reads. No record crosses a thread through a lock or a channel, no task
+//! is spawned per record and no event is sent per finished record.
+//!
+//! The lane takes a record from the queue only when it can start it (in
+//! key mode: up to `lookahead` records ahead), so a lane that is not ready
+//! simply stops draining and librdkafka's per-partition prefetch limits
+//! bound what is buffered. The poll thread pauses a partition only when its
+//! lane made no progress for `pause_after` (see [`LaneControl`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use http::{Request, Response, Uri};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use futures_util::FutureExt as _;
+use http::Uri;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
-use super::config::{Ordering, RetryPolicy};
+use super::attempt::{dispose, panic_failure, serve_to_end, AttemptPolicy};
+use super::config::Ordering;
 use super::dead_letter::DeadLetterWriter;
-use super::outcome::{invoke, Failure};
-use super::stats::RuntimeStats;
-use crate::context::{ContextConfig, PropagatedContext, CORRELATION_ID};
-use crate::{BoxError, ConsumedRecord, RecordBody};
+use super::service::RecordService;
+use crate::offsets::OffsetTracker;
+use crate::ConsumedRecord;
 
 /// A partition: shared topic name and partition number.
 pub(crate) type TopicPartition = (Arc<str>, i32);
 
-/// What lanes tell the poll thread.
-#[derive(Debug)]
-pub(crate) enum LaneEvent {
-    /// The record at `offset` is finished: its offset may be committed.
-    Finished {
-        tp: TopicPartition,
-        generation: u64,
-        offset: i64,
-    },
-    /// The lane has stopped; nothing of it is running any more.
-    Exited { tp: TopicPartition, generation: u64 },
+/// Where a lane takes its records from: the partition's librdkafka queue
+/// in the runtime, a vector in unit tests.
+pub(crate) trait RecordSource: Send + 'static {
+    /// The next fetched record, if one is there now (never blocks).
+    fn next_ready(&mut self) -> Option<ConsumedRecord>;
 }
 
 /// Everything lanes share, whatever their partition.
 pub(crate) struct LaneShared {
-    pub(crate) group: Arc<str>,
-    pub(crate) retry: RetryPolicy,
+    pub(crate) policy: AttemptPolicy,
     pub(crate) ordering: Ordering,
+    /// Records a key-mode lane takes ahead of the ones it serves.
     pub(crate) lookahead: usize,
-    pub(crate) max_error_len: usize,
-    pub(crate) in_flight: Arc<Semaphore>,
-    pub(crate) events: std::sync::mpsc::Sender<LaneEvent>,
+    pub(crate) in_flight: InFlightLimit,
     pub(crate) dead_letter: Option<DeadLetterWriter>,
-    pub(crate) stats: Arc<RuntimeStats>,
-    pub(crate) context: Option<ContextConfig>,
+    /// Rung whenever a lane exits.
+    pub(crate) exits: Bell,
 }
 
-/// The ordering key of a record: all records of a partition share one in
-/// [`Ordering::Partition`] mode; in [`Ordering::Key`] mode it is the key.
-fn order_key(ordering: Ordering, record: &ConsumedRecord) -> Option<Bytes> {
-    match ordering {
-        Ordering::Partition => None,
-        Ordering::Key => record.key.clone(),
+/// One partition's lane, as the poll thread sees it: what it finished, and
+/// whether it is stuck. Written by the lane, read by the poll thread.
+#[derive(Debug)]
+pub(crate) struct LaneControl {
+    /// One past the contiguous finished prefix; `-1` before the first.
+    commit_point: AtomicI64,
+    /// Records finished so far.
+    progress: AtomicU64,
+    /// A record is taken and not finished.
+    busy: AtomicBool,
+    exited: AtomicBool,
+    /// Set when the lane stopped on an error of the runtime itself.
+    failure: Mutex<Option<String>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl LaneControl {
+    pub(crate) fn new() -> Self {
+        LaneControl {
+            commit_point: AtomicI64::new(-1),
+            progress: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The offset to commit, if any record is finished.
+    pub(crate) fn commit_point(&self) -> Option<i64> {
+        let p = self.commit_point.load(Relaxed);
+        (p >= 0).then_some(p)
+    }
+
+    /// Records finished so far, and whether one is taken and unfinished.
+    pub(crate) fn progress(&self) -> (u64, bool) {
+        (self.progress.load(Relaxed), self.busy.load(Relaxed))
+    }
+
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exited.load(Relaxed)
+    }
+
+    /// Why the lane stopped, if the runtime itself failed.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn finished(&self, commit_point: i64) {
+        self.commit_point.store(commit_point, Relaxed);
+        self.progress.fetch_add(1, Relaxed);
+    }
+}
+
+/// A bell the poll thread waits on (with a timeout) until lanes exit.
+#[derive(Debug, Default)]
+pub(crate) struct Bell {
+    rings: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        *self.rings.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cond.notify_all();
+    }
+
+    /// Waits until `done()` holds or `timeout` passes; returns `done()`.
+    pub(crate) fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if done() {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .cond
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// `max_in_flight`: records being served at once over all lanes. Two
+/// atomic operations per record when permits are free; a lane waits on a
+/// `Notify` only when they are not.
+#[derive(Debug)]
+pub(crate) struct InFlightLimit {
+    used: AtomicUsize,
+    max: usize,
+    waiters: AtomicUsize,
+    freed: Notify,
+}
+
+impl InFlightLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        InFlightLimit {
+            used: AtomicUsize::new(0),
+            max,
+            waiters: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    fn try_acquire(&self) -> Option<Permit<'_>> {
+        self.used
+            .fetch_update(Relaxed, Relaxed, |u| (u < self.max).then_some(u + 1))
+            .ok()
+            .map(|_| Permit(self))
+    }
+
+    /// A permit, or `None` if `cancel` fires first.
+    async fn acquire(&self, cancel: &CancellationToken) -> Option<Permit<'_>> {
+        loop {
+            if let Some(p) = self.try_acquire() {
+                return Some(p);
+            }
+            self.waiters.fetch_add(1, Relaxed);
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            let got = self.try_acquire();
+            if got.is_none() {
+                tokio::select! {
+                    _ = &mut freed => {}
+                    _ = cancel.cancelled() => {
+                        self.waiters.fetch_sub(1, Relaxed);
+                        return None;
+                    }
+                }
+            }
+            self.waiters.fetch_sub(1, Relaxed);
+            if got.is_some() {
+                return got;
+            }
+        }
+    }
+}
+
+/// A slot of [`InFlightLimit`], given back on drop.
+struct Permit<'a>(&'a InFlightLimit);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Relaxed);
+        if self.0.waiters.load(Relaxed) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+/// Runs a lane until it is cancelled (revocation, shutdown) or fails.
+/// `wake` is notified when the source turns non-empty.
+pub(crate) async fn run_lane<S: RecordService>(
+    shared: Arc<LaneShared>,
+    service: S,
+    tp: TopicPartition,
+    source: impl RecordSource,
+    wake: Arc<Notify>,
+    ctl: Arc<LaneControl>,
+) {
+    // Declared before the source so that it drops after it: once the lane
+    // says it exited, it holds nothing of its partition. It also runs when
+    // the task is aborted.
+    let _exit = ExitGuard {
+        ctl: ctl.clone(),
+        shared: shared.clone(),
+    };
+    let mut source = source;
+    let lane = Lane {
+        shared: &shared,
+        uri: crate::mapping::topic_uri(&tp.0),
+        ctl: &ctl,
+        wake: &wake,
+    };
+    let ran = AssertUnwindSafe(async {
+        match shared.ordering {
+            Ordering::Partition => lane.serve_in_order(&mut source, service).await,
+            Ordering::Key => lane.serve_by_key(&mut source, service).await,
+        }
+    })
+    .catch_unwind()
+    .await;
+    if let Err(panic) = ran {
+        let message = panic_failure(&*panic).message;
+        tracing::error!(topic = %tp.0, partition = tp.1, error = %message, "lane stopped");
+        *ctl.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+}
+
+/// Marks the lane exited and rings the bell, however the lane ends.
+struct ExitGuard {
+    ctl: Arc<LaneControl>,
+    shared: Arc<LaneShared>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.ctl.busy.store(false, Relaxed);
+        self.ctl.exited.store(true, Relaxed);
+        self.shared.exits.ring();
+    }
+}
+
+struct Lane<'a> {
+    shared: &'a LaneShared,
+    uri: Uri,
+    ctl: &'a LaneControl,
+    wake: &'a Notify,
+}
+
+impl Lane<'_> {
+    /// Partition order: one record at a time, in a loop.
+    async fn serve_in_order<S: RecordService>(&self, source: &mut impl RecordSource, service: S) {
+        let stats = &self.shared.policy.stats;
+        let mut next: Option<i64> = None;
+        loop {
+            let Some(record) = self.next_record(source, &mut next).await else {
+                return;
+            };
+            // Everything before the record is finished: its offset is the
+            // commit point until it is finished too.
+            self.ctl.commit_point.store(record.offset, Relaxed);
+            self.ctl.busy.store(true, Relaxed);
+            let Some(permit) = self.permit().await else {
+                stats.abandoned.fetch_add(1, Relaxed);
+                return;
+            };
+            stats.in_flight.fetch_add(1, Relaxed);
+            let finished = self.serve_supervised(&record, service.clone()).await;
+            stats.in_flight.fetch_sub(1, Relaxed);
+            drop(permit);
+            match finished {
+                Some(true) => {
+                    self.ctl.finished(record.offset + 1);
+                    self.ctl.busy.store(false, Relaxed);
+                }
+                Some(false) => {
+                    stats.abandoned.fetch_add(1, Relaxed);
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Key order: records of one key in order, different keys at once, up
+    /// to `lookahead` records taken ahead.
+    async fn serve_by_key<S: RecordService>(&self, source: &mut impl RecordSource, service: S) {
+        let stats = &self.shared.policy.stats;
+        let cancel = &self.ctl.cancel;
+        let mut tracker = OffsetTracker::new();
+        let mut running = FuturesUnordered::new();
+        let mut busy_keys: HashSet<Option<Bytes>> = HashSet::new();
+        let mut waiting: VecDeque<ConsumedRecord> = VecDeque::new();
+        let mut cancelled = false;
+        let mut failed = false;
+        loop {
+            if !cancelled {
+                while waiting.len() < self.shared.lookahead {
+                    let Some(record) = source.next_ready() else {
+                        break;
+                    };
+                    if tracker.next_expected().is_some_and(|n| record.offset < n) {
+                        continue;
+                    }
+                    tracker.dispatched(record.offset);
+                    stats.add_buffered(1);
+                    waiting.push_back(record);
+                }
+                while let Some(idx) = first_ready_by_key(&waiting, &busy_keys) {
+                    let Some(permit) = self.shared.in_flight.try_acquire() else {
+                        break;
+                    };
+                    let record = waiting.remove(idx).expect("index from first_ready_by_key");
+                    stats.sub_buffered(1);
+                    busy_keys.insert(record.key.clone());
+                    running.push(self.serve_owned(record, permit, service.clone()));
+                }
+            }
+            self.ctl
+                .busy
+                .store(!running.is_empty() || !waiting.is_empty(), Relaxed);
+            if running.is_empty() && (cancelled || failed) {
+                break;
+            }
+            let blocked_on_permit =
+                !cancelled && first_ready_by_key(&waiting, &busy_keys).is_some();
+            let may_take = !cancelled && waiting.len() < self.shared.lookahead;
+            tokio::select! {
+                biased;
+                Some((record, finished)) = running.next(), if !running.is_empty() => {
+                    busy_keys.remove(&record.key);
+                    match finished {
+                        Some(true) => {
+                            tracker.finished(record.offset);
+                            let point = tracker.commit_point().expect("dispatched");
+                            self.ctl.finished(point);
+                        }
+                        Some(false) => { stats.abandoned.fetch_add(1, Relaxed); }
+                        None => { failed = true; cancel.cancel(); }
+                    }
+                }
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    stats.sub_buffered(waiting.len());
+                    waiting.clear();
+                }
+                permit = self.shared.in_flight.acquire(cancel), if blocked_on_permit => {
+                    if let (Some(permit), Some(idx)) = (permit, first_ready_by_key(&waiting, &busy_keys)) {
+                        let record = waiting.remove(idx).expect("index from first_ready_by_key");
+                        stats.sub_buffered(1);
+                        busy_keys.insert(record.key.clone());
+                        running.push(self.serve_owned(record, permit, service.clone()));
+                    }
+                }
+                _ = self.wake.notified(), if may_take => {}
+            }
+        }
+    }
+
+    fn serve_owned<'s, S: RecordService>(
+        &'s self,
+        record: ConsumedRecord,
+        permit: Permit<'s>,
+        service: S,
+    ) -> impl Future<Output = (ConsumedRecord, Option<bool>)> + 's {
+        async move {
+            let stats = &self.shared.policy.stats;
+            stats.in_flight.fetch_add(1, Relaxed);
+            let finished = self.serve_supervised(&record, service).await;
+            stats.in_flight.fetch_sub(1, Relaxed);
+            drop(permit);
+            (record, finished)
+        }
+    }
+
+    /// The next record of the partition (skipping any delivered again),
+    /// waiting for one; `None` once the lane is cancelled.
+    async fn next_record(
+        &self,
+        source: &mut impl RecordSource,
+        next: &mut Option<i64>,
+    ) -> Option<ConsumedRecord> {
+        loop {
+            if self.ctl.cancel.is_cancelled() {
+                return None;
+            }
+            match source.next_ready() {
+                Some(record) => {
+                    if next.is_some_and(|n| record.offset < n) {
+                        continue;
+                    }
+                    *next = Some(record.offset + 1);
+                    return Some(record);
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = self.ctl.cancel.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn permit(&self) -> Option<Permit<'_>> {
+        match self.shared.in_flight.try_acquire() {
+            Some(p) => Some(p),
+            None => self.shared.in_flight.acquire(&self.ctl.cancel).await,
+        }
+    }
+
+    /// Serves a record to its end, catching a panic of the runtime's own
+    /// code (mapping, context capture, dead-letter writer: the service's
+    /// panics are caught per call and retried). Such a record is
+    /// dead-lettered as `failed-by: runtime`; if that panics too, the lane
+    /// records the failure and stops (`None`), and the consumer stops with
+    /// an error.
+    async fn serve_supervised<S: RecordService>(
+        &self,
+        record: &ConsumedRecord,
+        service: S,
+    ) -> Option<bool> {
+        let policy = &self.shared.policy;
+        let writer = self.shared.dead_letter.as_ref();
+        let cancel = &self.ctl.cancel;
+        let served = AssertUnwindSafe(serve_to_end(
+            policy, writer, service, record, &self.uri, cancel,
+        ))
+        .catch_unwind()
+        .await;
+        let panic = match served {
+            Ok(finished) => return Some(finished),
+            Err(panic) => panic,
+        };
+        let failure = panic_failure(&*panic);
+        tracing::error!(
+            topic = %record.topic, partition = record.partition, offset = record.offset,
+            error = %failure.message, "runtime failure below the service: dead-lettering the record"
+        );
+        match AssertUnwindSafe(dispose(policy, writer, record, &failure, 0, cancel))
+            .catch_unwind()
+            .await
+        {
+            Ok(finished) => Some(finished),
+            Err(again) => {
+                let message = format!(
+                    "{}[{}]@{}: {}; its dead letter failed too: {}",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    failure.message,
+                    panic_failure(&*again).message
+                );
+                *self.ctl.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                None
+            }
+        }
     }
 }
 
 /// The index of the first waiting record whose key is neither being served
 /// nor preceded by a waiting record of the same key.
-fn first_ready(
+fn first_ready_by_key(
     waiting: &VecDeque<ConsumedRecord>,
     busy: &HashSet<Option<Bytes>>,
-    ordering: Ordering,
 ) -> Option<usize> {
-    match ordering {
-        Ordering::Partition => (!waiting.is_empty() && busy.is_empty()).then_some(0),
-        Ordering::Key => {
-            let mut seen: HashSet<Option<&Bytes>> = HashSet::new();
-            for (i, r) in waiting.iter().enumerate() {
-                let k = r.key.as_ref();
-                if !busy.contains(&r.key) && !seen.contains(&k) {
-                    return Some(i);
-                }
-                seen.insert(k);
-            }
-            None
+    let mut seen: HashSet<Option<&Bytes>> = HashSet::new();
+    for (i, r) in waiting.iter().enumerate() {
+        let k = r.key.as_ref();
+        if !busy.contains(&r.key) && !seen.contains(&k) {
+            return Some(i);
+        }
+        seen.insert(k);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex as StdMutex;
+
+    use http::{Request, Response, StatusCode};
+
+    use super::*;
+    use crate::runtime::config::RetryPolicy;
+    use crate::runtime::stats::RuntimeStats;
+    use crate::RecordBody;
+
+    struct VecSource(VecDeque<ConsumedRecord>);
+
+    impl RecordSource for VecSource {
+        fn next_ready(&mut self) -> Option<ConsumedRecord> {
+            self.0.pop_front()
         }
     }
-}
 
-pub(crate) async fn run_lane<S, ResBody>(
-    shared: Arc<LaneShared>,
-    service: S,
-    tp: TopicPartition,
-    generation: u64,
-    mut rx: mpsc::Receiver<ConsumedRecord>,
-    cancel: CancellationToken,
-) where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
-    let uri = crate::mapping::topic_uri(&tp.0);
-    let mut running = FuturesUnordered::new();
-    let mut busy: HashSet<Option<Bytes>> = HashSet::new();
-    let mut waiting: VecDeque<ConsumedRecord> = VecDeque::new();
-    let mut rx_open = true;
-    let mut cancelled = false;
+    fn shared(ordering: Ordering, lookahead: usize, max_in_flight: usize) -> Arc<LaneShared> {
+        Arc::new(LaneShared {
+            policy: AttemptPolicy {
+                group: Arc::from("g"),
+                retry: RetryPolicy {
+                    max_attempts: 1,
+                    ..RetryPolicy::default()
+                },
+                max_error_len: 64,
+                stats: Arc::new(RuntimeStats::default()),
+                context: None,
+            },
+            ordering,
+            lookahead,
+            in_flight: InFlightLimit::new(max_in_flight),
+            dead_letter: None,
+            exits: Bell::default(),
+        })
+    }
 
-    loop {
-        // Start every record that may start, as long as permits last.
-        if !cancelled {
-            while let Some(idx) = first_ready(&waiting, &busy, shared.ordering) {
-                let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-                    break;
-                };
-                let record = waiting.remove(idx).expect("index from first_ready");
-                shared.stats.sub_buffered(1);
-                busy.insert(order_key(shared.ordering, &record));
-                running.push(serve_record(
-                    shared.clone(),
-                    service.clone(),
-                    record,
-                    uri.clone(),
-                    cancel.clone(),
-                    permit,
-                ));
+    fn rec(offset: i64, key: &'static str) -> ConsumedRecord {
+        ConsumedRecord::builder("t", 0, offset)
+            .key(Some(Bytes::from_static(key.as_bytes())))
+            .payload(Some(Bytes::from_static(b"p")))
+            .build()
+    }
+
+    /// Serves `records` through a lane whose service holds each call until
+    /// the test releases it; returns the order of calls as (key, offset).
+    #[derive(Clone, Default)]
+    struct Log(Arc<StdMutex<Vec<(String, i64)>>>);
+
+    fn logging(log: Log, gate: Arc<tokio::sync::Semaphore>) -> impl RecordService {
+        tower::service_fn(move |req: Request<RecordBody>| {
+            let log = log.clone();
+            let gate = gate.clone();
+            async move {
+                let meta = req.extensions().get::<crate::RecordMeta>().unwrap().clone();
+                let key = String::from_utf8(meta.key().unwrap().to_vec()).unwrap();
+                log.0.lock().unwrap().push((key, meta.offset()));
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, Infallible>(Response::new(String::new()))
             }
-        }
-        if running.is_empty() && (cancelled || (!rx_open && waiting.is_empty())) {
-            break;
-        }
-        let blocked_on_permit =
-            !cancelled && first_ready(&waiting, &busy, shared.ordering).is_some();
-        let can_take = !cancelled && rx_open && waiting.len() < shared.lookahead;
-        tokio::select! {
-            biased;
-            Some((key, offset, finished)) = running.next(), if !running.is_empty() => {
-                busy.remove(&key);
-                if finished {
-                    let _ = shared.events.send(LaneEvent::Finished { tp: tp.clone(), generation, offset });
-                } else {
-                    shared.stats.abandoned.fetch_add(1, Relaxed);
-                }
-            }
-            _ = cancel.cancelled(), if !cancelled => {
-                cancelled = true;
-                rx.close();
-                let mut dropped = waiting.len();
-                waiting.clear();
-                while rx.try_recv().is_ok() {
-                    dropped += 1;
-                }
-                shared.stats.sub_buffered(dropped);
-            }
-            permit = shared.in_flight.clone().acquire_owned(), if blocked_on_permit => {
-                let Ok(permit) = permit else { break };
-                if let Some(idx) = first_ready(&waiting, &busy, shared.ordering) {
-                    let record = waiting.remove(idx).expect("index from first_ready");
-                    shared.stats.sub_buffered(1);
-                    busy.insert(order_key(shared.ordering, &record));
-                    running.push(serve_record(shared.clone(), service.clone(), record, uri.clone(), cancel.clone(), permit));
-                }
-            }
-            received = rx.recv(), if can_take => match received {
-                Some(record) => waiting.push_back(record),
-                None => rx_open = false,
-            }
+        })
+    }
+
+    async fn until(mut cond: impl FnMut() -> bool) {
+        while !cond() {
+            tokio::task::yield_now().await;
         }
     }
-    let _ = shared.events.send(LaneEvent::Exited { tp, generation });
-}
 
-/// Serves one record to the end: success, retries, dead letter. Returns its
-/// ordering key, offset, and whether it is finished (`false`: abandoned
-/// because the partition was revoked or the consumer is shutting down).
-async fn serve_record<S, ResBody>(
-    shared: Arc<LaneShared>,
-    service: S,
-    record: ConsumedRecord,
-    uri: Uri,
-    cancel: CancellationToken,
-    permit: OwnedSemaphorePermit,
-) -> (Option<Bytes>, i64, bool)
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
-    let stats = &shared.stats;
-    stats.in_flight.fetch_add(1, Relaxed);
-    let key = order_key(shared.ordering, &record);
-    let offset = record.offset;
-    let finished = serve_with_policy(&shared, service, &record, uri, &cancel).await;
-    stats.in_flight.fetch_sub(1, Relaxed);
-    drop(permit);
-    (key, offset, finished)
-}
-
-async fn serve_with_policy<S, ResBody>(
-    shared: &LaneShared,
-    service: S,
-    record: &ConsumedRecord,
-    uri: Uri,
-    cancel: &CancellationToken,
-) -> bool
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
-    match serve_attempts(shared, service, record, uri, cancel, |_| {}).await {
-        Attempted::Succeeded => true,
-        Attempted::Cancelled => false,
-        Attempted::Failed { failure, attempts } => {
-            dispose(shared, record, &failure, attempts, cancel).await
-        }
-    }
-}
-
-/// How the attempts at one record ended.
-pub(crate) enum Attempted {
-    /// A `2xx`.
-    Succeeded,
-    /// A permanent failure, or retries exhausted (`attempts` service calls).
-    Failed { failure: Failure, attempts: u32 },
-    /// Revocation or shutdown interrupted the retries.
-    Cancelled,
-}
-
-/// Calls the service for `record` until it succeeds, fails permanently or
-/// runs out of attempts; `prepare` may decorate each attempt's request.
-pub(crate) async fn serve_attempts<S, ResBody>(
-    shared: &LaneShared,
-    service: S,
-    record: &ConsumedRecord,
-    uri: Uri,
-    cancel: &CancellationToken,
-    mut prepare: impl FnMut(&mut Request<RecordBody>),
-) -> Attempted
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
-    // The record's context, captured once so that every attempt sees the
-    // same (possibly generated) correlation id.
-    let context = match &shared.context {
-        None => None,
-        Some(config) => match PropagatedContext::from_raw_headers(&record.headers, config) {
-            Ok(mut ctx) => {
-                let generated = config.generates_correlation_id() && ctx.correlation_id().is_none();
-                if generated {
-                    ctx.ensure_correlation_id();
-                }
-                Some((ctx, generated))
-            }
-            Err(bad) => {
-                let failure = Failure {
-                    class: super::outcome::ErrorClass::Permanent,
-                    status: Some(http::StatusCode::BAD_REQUEST),
-                    message: bad.to_string(),
-                    failed_by: Some("context".to_owned()),
-                    reason: Some("invalid_header".to_owned()),
-                };
-                return Attempted::Failed {
-                    failure,
-                    attempts: 0,
-                };
-            }
-        },
-    };
-    let mut attempt = 1u32;
-    loop {
-        shared.stats.attempts.fetch_add(1, Relaxed);
-        let mut req =
-            record
-                .clone()
-                .into_request_with_uri(uri.clone(), Some(shared.group.clone()), attempt);
-        prepare(&mut req);
-        let outcome = match &context {
-            None => invoke(service.clone(), req, shared.max_error_len).await,
-            Some((ctx, generated)) => {
-                if *generated {
-                    if let Some(v) = ctx.get(&CORRELATION_ID) {
-                        req.headers_mut().insert(CORRELATION_ID, v.clone());
-                    }
-                }
-                req.extensions_mut().insert(ctx.clone());
-                ctx.clone()
-                    .scope(invoke(service.clone(), req, shared.max_error_len))
-                    .await
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                shared.stats.succeeded.fetch_add(1, Relaxed);
-                return Attempted::Succeeded;
-            }
-            Err(f) if f.class.is_retryable() && attempt < shared.retry.max_attempts => {
-                shared.stats.retries.fetch_add(1, Relaxed);
-                let delay = shared.retry.delay(attempt);
-                tracing::warn!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    attempt, error_class = f.class.as_str(), error = %f.message,
-                    "retrying in {delay:?}"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Attempted::Cancelled,
-                }
-                attempt += 1;
-            }
-            Err(failure) => {
-                return Attempted::Failed {
-                    failure,
-                    attempts: attempt,
-                }
-            }
-        }
-    }
-}
-
-/// Dead-letters a failed record (retrying the write until the broker
-/// acknowledges it), or skips it with an error log when dead-lettering is
-/// disabled. Returns `false` only when cancelled before the write succeeded.
-async fn dispose(
-    shared: &LaneShared,
-    record: &ConsumedRecord,
-    failure: &Failure,
-    attempts: u32,
-    cancel: &CancellationToken,
-) -> bool {
-    let Some(writer) = &shared.dead_letter else {
-        shared.stats.skipped.fetch_add(1, Relaxed);
-        tracing::error!(
-            topic = %record.topic, partition = record.partition, offset = record.offset,
-            attempts, error_class = failure.class.as_str(), error = %failure.message,
-            "record failed and dead-lettering is disabled: skipped"
+    #[tokio::test]
+    async fn key_mode_runs_different_keys_at_once_and_one_key_in_order() {
+        let shared = shared(Ordering::Key, 16, 16);
+        let log = Log::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let records = [
+            rec(0, "a"),
+            rec(1, "a"),
+            rec(2, "b"),
+            rec(3, "c"),
+            rec(4, "b"),
+        ];
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared.clone(),
+            logging(log.clone(), gate.clone()),
+            (Arc::from("t"), 0),
+            VecSource(records.into_iter().collect()),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        // a@0, b@2 and c@3 start at once; a@1 and b@4 wait for their key.
+        until(|| log.0.lock().unwrap().len() == 3).await;
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            vec![("a".into(), 0), ("b".into(), 2), ("c".into(), 3)]
         );
-        return true;
-    };
-    let mut write_attempt = 1u32;
-    loop {
-        match writer.write(record, failure, attempts).await {
-            Ok((dlq, partition, offset)) => {
-                shared.stats.dead_lettered.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    attempts, error_class = failure.class.as_str(), error = %failure.message,
-                    "dead-lettered to {dlq}[{partition}]@{offset}"
-                );
-                return true;
-            }
-            Err(err) => {
-                let delay = shared.retry.delay(write_attempt.min(8));
-                tracing::error!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    error = %err, "dead-letter write failed; the offset stays uncommitted; retrying in {delay:?}"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return false,
+        assert_eq!(ctl.commit_point(), None, "nothing finished yet");
+        gate.add_permits(5);
+        until(|| ctl.progress().0 == 5).await;
+        let calls = log.0.lock().unwrap().clone();
+        let pos = |k: &str, o: i64| calls.iter().position(|c| c.0 == k && c.1 == o).unwrap();
+        assert!(pos("a", 0) < pos("a", 1));
+        assert!(pos("b", 2) < pos("b", 4));
+        assert_eq!(ctl.commit_point(), Some(5), "every record finished");
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+        assert!(ctl.has_exited());
+        assert!(ctl.failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn key_mode_commits_only_the_contiguous_prefix() {
+        let shared = shared(Ordering::Key, 16, 16);
+        let finish_first = Arc::new(tokio::sync::Semaphore::new(0));
+        let service = {
+            let finish_first = finish_first.clone();
+            tower::service_fn(move |req: Request<RecordBody>| {
+                let finish_first = finish_first.clone();
+                async move {
+                    if req
+                        .extensions()
+                        .get::<crate::RecordMeta>()
+                        .unwrap()
+                        .offset()
+                        == 0
+                    {
+                        finish_first.acquire().await.unwrap().forget();
+                    }
+                    Ok::<_, Infallible>(Response::new(String::new()))
                 }
-                write_attempt += 1;
-            }
+            })
+        };
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared,
+            service,
+            (Arc::from("t"), 0),
+            VecSource(
+                [rec(0, "a"), rec(1, "b"), rec(2, "c")]
+                    .into_iter()
+                    .collect(),
+            ),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        until(|| ctl.progress().0 == 2).await;
+        assert_eq!(
+            ctl.commit_point(),
+            Some(0),
+            "offsets 1 and 2 are done, 0 is not: nothing past 0 may be committed"
+        );
+        finish_first.add_permits(1);
+        until(|| ctl.progress().0 == 3).await;
+        assert_eq!(ctl.commit_point(), Some(3));
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn partition_mode_serves_one_at_a_time_in_offset_order() {
+        let shared = shared(Ordering::Partition, 1, 16);
+        let log = Log::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared,
+            logging(log.clone(), gate.clone()),
+            (Arc::from("t"), 0),
+            VecSource(
+                [rec(3, "a"), rec(4, "b"), rec(4, "b"), rec(7, "c")]
+                    .into_iter()
+                    .collect(),
+            ),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        until(|| log.0.lock().unwrap().len() == 1).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
         }
+        assert_eq!(log.0.lock().unwrap().len(), 1, "one record at a time");
+        assert_eq!(ctl.progress(), (0, true), "busy with the first record");
+        gate.add_permits(3);
+        until(|| ctl.progress().0 == 3).await;
+        let offsets: Vec<i64> = log.0.lock().unwrap().iter().map(|c| c.1).collect();
+        assert_eq!(
+            offsets,
+            vec![3, 4, 7],
+            "in order; a record delivered twice served once"
+        );
+        assert_eq!(ctl.commit_point(), Some(8));
+        assert_eq!(ctl.progress(), (3, false));
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_bounds_records_over_all_lanes() {
+        let shared = shared(Ordering::Key, 16, 2);
+        let log = Log::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared.clone(),
+            logging(log.clone(), gate.clone()),
+            (Arc::from("t"), 0),
+            VecSource(
+                [rec(0, "a"), rec(1, "b"), rec(2, "c"), rec(3, "d")]
+                    .into_iter()
+                    .collect(),
+            ),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        until(|| log.0.lock().unwrap().len() == 2).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(log.0.lock().unwrap().len(), 2, "two permits, two calls");
+        assert_eq!(shared.policy.stats.in_flight(), 2);
+        gate.add_permits(4);
+        until(|| ctl.progress().0 == 4).await;
+        assert_eq!(
+            shared.in_flight.used.load(Relaxed),
+            0,
+            "every permit returned"
+        );
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_record_without_dead_letters_is_skipped_and_committed() {
+        let shared = shared(Ordering::Partition, 1, 4);
+        let service = tower::service_fn(|_req: Request<RecordBody>| async {
+            let mut res = Response::new(String::new());
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok::<_, Infallible>(res)
+        });
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared.clone(),
+            service,
+            (Arc::from("t"), 0),
+            VecSource([rec(0, "a")].into_iter().collect()),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        until(|| ctl.progress().0 == 1).await;
+        assert_eq!(shared.policy.stats.skipped(), 1);
+        assert_eq!(ctl.commit_point(), Some(1));
+        ctl.cancel.cancel();
+        lane.await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The consumer runtime (feature `runtime`): [`Consumer`], its
 //! configuration, and the dead-letter path.
 
+mod attempt;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod config;
@@ -11,6 +12,7 @@ mod lane;
 mod native;
 mod outcome;
 pub mod producer;
+mod service;
 mod stats;
 pub mod transactions;
 
@@ -22,6 +24,7 @@ pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};
 pub use outcome::{is_retryable_status, ErrorClass};
 pub use producer::{Delivery, ProduceError, Producer};
+pub use service::RecordService;
 pub use stats::{PartitionLag, RuntimeStats};
 pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
 

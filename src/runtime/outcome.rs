@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use tower::{Service, ServiceExt as _};
 
+use super::service::RecordService;
 use crate::{BoxError, RecordBody, Refusal};
 
 /// What kind of failure a record met.
@@ -43,6 +43,7 @@ impl ErrorClass {
 
 pub use crate::refusal::is_retryable_status;
 
+/// Why a record failed: what the dead-letter headers say.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
     pub(crate) class: ErrorClass,
@@ -52,21 +53,18 @@ pub(crate) struct Failure {
     pub(crate) reason: Option<String>,
 }
 
-pub(crate) async fn invoke<S, ResBody>(
-    svc: S,
+/// Awaits `poll_ready`, calls the service once, and classifies the
+/// outcome; a panic in either is caught.
+pub(crate) async fn invoke<S: RecordService>(
+    mut svc: S,
     req: Request<RecordBody>,
     max_len: usize,
-) -> Result<(), Failure>
-where
-    S: Service<Request<RecordBody>, Response = Response<ResBody>> + Send,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send,
-    ResBody::Error: Into<BoxError>,
-{
+) -> Result<(), Failure> {
     let called = AssertUnwindSafe(async move {
-        let svc = svc.ready_oneshot().await.map_err(Into::into)?;
-        svc.oneshot(req).await.map_err(Into::into)
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .map_err(Into::<BoxError>::into)?;
+        svc.call(req).await.map_err(Into::<BoxError>::into)
     })
     .catch_unwind()
     .await;

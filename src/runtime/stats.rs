@@ -35,7 +35,11 @@ pub struct RuntimeStats {
 }
 
 impl RuntimeStats {
-    /// Records fetched from Kafka but not yet handed to the service.
+    /// Records lanes took from their partition's queue ahead of serving
+    /// them (the key-ordered look-ahead; a partition-ordered lane takes one
+    /// record when it can start it). What librdkafka prefetched into the
+    /// queues is not counted: that is bounded by `queued.min.messages` and
+    /// `queued.max.messages.kbytes` per partition.
     pub fn buffered(&self) -> usize {
         self.buffered.load(Relaxed)
     }
@@ -47,11 +51,13 @@ impl RuntimeStats {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Relaxed)
     }
-    /// Partitions paused right now for backpressure.
+    /// Partitions paused right now because their lane was busy without
+    /// finishing a record for `pause_after`.
     pub fn paused_partitions(&self) -> usize {
         self.paused_partitions.load(Relaxed)
     }
-    /// How many times a partition was paused for backpressure.
+    /// How many times a partition was paused because its lane stalled; 0
+    /// for a consumer that keeps up.
     pub fn pauses(&self) -> u64 {
         self.pauses.load(Relaxed)
     }

@@ -1,0 +1,91 @@
+//! [`RecordService`]: the one name for "a service the runtime can serve
+//! records to".
+
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::Service;
+
+use crate::{BoxError, RecordBody};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A Tower service the consumer runtime can serve records to: any `Clone`
+/// service over `http::Request<RecordBody>` answering `http::Response<B>`,
+/// whose future, error and body can cross threads — a `service_fn`, a
+/// `ServiceBuilder` stack, an `axum::Router`.
+///
+/// An alias in the manner of tower's `MakeService`: it is implemented for
+/// every such service and cannot be implemented by hand, so the bound is
+/// written once here instead of on every function that serves records.
+///
+/// ```
+/// use kafka_tower::runtime::RecordService;
+/// use kafka_tower::RecordBody;
+///
+/// fn assert_servable<S: RecordService>(_: &S) {}
+///
+/// let service = tower::service_fn(|_req: http::Request<RecordBody>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// });
+/// assert_servable(&service);
+/// assert_servable(&axum::Router::new());
+/// ```
+pub trait RecordService: sealed::Sealed + Clone + Send + 'static {
+    /// The body of the service's responses.
+    type ResponseBody: http_body::Body<Data = Self::Data, Error = Self::BodyError> + Send + 'static;
+    /// The body's data chunks.
+    type Data: bytes::Buf + Send;
+    /// The body's error.
+    type BodyError: Into<BoxError>;
+    /// The service's error.
+    type Error: Into<BoxError>;
+    /// The service's response future.
+    type Future: Future<Output = Result<Response<Self::ResponseBody>, Self::Error>> + Send + 'static;
+
+    /// [`Service::poll_ready`].
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// [`Service::call`].
+    fn call(&mut self, req: Request<RecordBody>) -> Self::Future;
+}
+
+impl<S, B> sealed::Sealed for S
+where
+    S: Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
+impl<S, B> RecordService for S
+where
+    S: Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type ResponseBody = B;
+    type Data = B::Data;
+    type BodyError = B::Error;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Service::poll_ready(self, cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<RecordBody>) -> S::Future {
+        Service::call(self, req)
+    }
+}
