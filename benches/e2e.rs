@@ -182,8 +182,22 @@ fn parent(bootstrap: &str) {
         mb / ma,
         mc / ma
     ));
-    md.push_str("| variant | records/s (median) | service-call p50 | service-call p99 | peak RSS (median) |\n");
-    md.push_str("|---|---|---|---|---|\n");
+    let (ca, cb, cc) = (
+        median("raw", "cpu_ns_per_record"),
+        median("runtime", "cpu_ns_per_record"),
+        median("stack", "cpu_ns_per_record"),
+    );
+    md.push_str(&format!(
+        "CPU per record (user + sys of each consumer process over its first → last record, median): \
+         raw {:.2} µs, runtime {:.2} µs (**{:.2}×** raw), full stack {:.2} µs ({:.2}× raw)\n\n",
+        ca / 1e3,
+        cb / 1e3,
+        cb / ca,
+        cc / 1e3,
+        cc / ca
+    ));
+    md.push_str("| variant | records/s (median) | CPU µs/record (median) | service-call p50 | service-call p99 | peak RSS (median) | pauses |\n");
+    md.push_str("|---|---|---|---|---|---|---|\n");
     for (variant, label) in [
         ("raw", "(a) raw rdkafka BaseConsumer"),
         ("runtime", "(b) kafka-tower runtime, no-op service"),
@@ -200,12 +214,19 @@ fn parent(bootstrap: &str) {
                 format!("{v:.1} µs")
             }
         };
+        let pauses = median(variant, "pauses");
         md.push_str(&format!(
-            "| {label} | {:.0} | {} | {} | {:.1} MiB |\n",
+            "| {label} | {:.0} | {:.2} | {} | {} | {:.1} MiB | {} |\n",
             median(variant, "records_per_sec"),
+            median(variant, "cpu_ns_per_record") / 1e3,
             lat("p50_us"),
             lat("p99_us"),
-            median(variant, "peak_rss_kib") / 1024.0
+            median(variant, "peak_rss_kib") / 1024.0,
+            if pauses.is_nan() {
+                "—".to_owned()
+            } else {
+                format!("{pauses:.0}")
+            }
         ));
     }
     print!("{md}");
@@ -216,6 +237,8 @@ fn parent(bootstrap: &str) {
         "fill_secs": fill_secs,
         "median": {"raw": ma, "runtime": mb, "stack": mc},
         "ratios": {"b_over_a": mb / ma, "c_over_a": mc / ma},
+        "cpu_ns_per_record": {"raw": ca, "runtime": cb, "stack": cc},
+        "cpu_ratios": {"b_over_a": cb / ca, "c_over_a": cc / ca},
         "runs": results.iter().map(|(r, v)| { let mut v = v.clone(); v["round"] = json!(r); v }).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -334,8 +357,24 @@ struct Tally {
     failed: AtomicU64,
     first_ns: AtomicU64,
     last_ns: AtomicU64,
+    /// CPU time of the whole process (user + sys, every thread) at the
+    /// first record and at the last.
+    cpu_first_ns: AtomicU64,
+    cpu_last_ns: AtomicU64,
     hist: Histogram,
     done: tokio::sync::Notify,
+}
+
+/// CPU time consumed by this process so far, user + system, all threads.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Tally {
@@ -347,6 +386,8 @@ impl Tally {
             failed: AtomicU64::new(0),
             first_ns: AtomicU64::new(u64::MAX),
             last_ns: AtomicU64::new(0),
+            cpu_first_ns: AtomicU64::new(0),
+            cpu_last_ns: AtomicU64::new(0),
             hist: Histogram::new(),
             done: tokio::sync::Notify::new(),
         }
@@ -356,7 +397,9 @@ impl Tally {
     }
     fn start(&self) -> u64 {
         let t = self.now_ns();
-        self.first_ns.fetch_min(t, Relaxed);
+        if self.first_ns.fetch_min(t, Relaxed) == u64::MAX {
+            self.cpu_first_ns.store(process_cpu_ns(), Relaxed);
+        }
         t
     }
     fn finish(&self, started: Option<u64>, ok: bool) {
@@ -369,8 +412,17 @@ impl Tally {
             self.failed.fetch_add(1, Relaxed);
         }
         if self.count.fetch_add(1, Relaxed) + 1 == self.target {
+            self.cpu_last_ns.store(process_cpu_ns(), Relaxed);
             self.done.notify_one();
         }
+    }
+    /// CPU nanoseconds per record over the first → last window.
+    fn cpu_ns_per_record(&self) -> f64 {
+        let cpu = self
+            .cpu_last_ns
+            .load(Relaxed)
+            .saturating_sub(self.cpu_first_ns.load(Relaxed));
+        cpu as f64 / self.count.load(Relaxed).max(1) as f64
     }
     fn rate(&self) -> f64 {
         let n = self.count.load(Relaxed);
@@ -514,6 +566,7 @@ fn child(args: &[String], variant: &str) {
         "records_per_sec": tally.rate(),
         "seconds": (tally.last_ns.load(Relaxed) - tally.first_ns.load(Relaxed)) as f64 / 1e9,
         "p50_us": p50, "p99_us": p99,
+        "cpu_ns_per_record": tally.cpu_ns_per_record(),
         "peak_rss_kib": peak_rss_kib(),
     });
     if let (Some(r), Some(e)) = (result.as_object_mut(), extra.as_object()) {

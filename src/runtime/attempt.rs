@@ -182,12 +182,13 @@ pub(crate) async fn dispose(
     let mut write_attempt = 1u32;
     loop {
         match writer.write(record, failure, attempts).await {
-            Ok((dlq, partition, offset)) => {
+            Ok(d) => {
                 policy.stats.dead_lettered.fetch_add(1, Relaxed);
                 tracing::warn!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
                     attempts, error_class = failure.class.as_str(), error = %failure.message,
-                    "dead-lettered to {dlq}[{partition}]@{offset}"
+                    payload_omitted = d.omitted,
+                    "dead-lettered to {}[{}]@{}", d.topic, d.partition, d.offset
                 );
                 return true;
             }

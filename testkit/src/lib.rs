@@ -37,15 +37,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_with_config(name, partitions, &[]).await;
+}
+
+/// A topic with topic-level settings (e.g. `max.message.bytes`).
+pub async fn create_topic_with_config(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .expect("admin client");
     let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[topic], &AdminOptions::new())
         .await
         .expect("create_topics");
     for r in results {
@@ -351,15 +357,7 @@ impl Running {
     }
 }
 
-pub fn spawn<S, B>(consumer: Consumer, service: S) -> Running
-where
-    S: tower::Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+pub fn spawn<S: kafka_tower::runtime::RecordService>(consumer: Consumer, service: S) -> Running {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let stats = consumer.stats();
     let join = tokio::spawn(consumer.serve(service, async move {

@@ -1,0 +1,158 @@
+//! Records the runtime cannot handle the ordinary way, against a real
+//! Apache Kafka broker: each is dead-lettered with the reason, and the
+//! partition moves on past it.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use kafka_tower::{BoxError, RawHeader, RawHeaders, RecordBody};
+use kafka_tower_testkit::*;
+
+/// Answers 200 to records whose payload starts with `ok`, 422 otherwise.
+fn ok_or_refuse(rec: Recorder) -> impl kafka_tower::runtime::RecordService {
+    tower::service_fn(move |req: Request<RecordBody>| {
+        let seen = rec.record(&req);
+        async move {
+            let mut res = Response::new(String::new());
+            if !seen.text().starts_with("ok") {
+                *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            }
+            Ok::<_, BoxError>(res)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_dead_letter_topic_leaves_a_reference_and_the_partition_moves_on(
+) {
+    let topic = unique("oversized");
+    let group = unique("g");
+    // The source topic takes 3 MB records; its dead-letter topic 1 MB.
+    create_topic_with_config(&topic, 1, &[("max.message.bytes", "3000000")]).await;
+    create_topic_with_config(
+        &format!("{topic}.dlq"),
+        1,
+        &[("max.message.bytes", "1000000")],
+    )
+    .await;
+    let big = Bytes::from(vec![b'x'; 1_500_000]);
+    let produced = produce(
+        &topic,
+        [
+            Rec::payload("ok-1"),
+            Rec::payload(big.clone()).key("big-key").headers(
+                [RawHeader::new("x-note", "large")]
+                    .into_iter()
+                    .collect::<RawHeaders>(),
+            ),
+            Rec::payload("ok-2"),
+        ],
+    )
+    .await;
+    let big_offset = produced[1].1;
+
+    let rec = Recorder::default();
+    let running = spawn(
+        consumer(&group, &[&topic]).build().unwrap(),
+        ok_or_refuse(rec.clone()),
+    );
+    let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
+    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
+        .await;
+    eventually("the offset after `ok-2` committed", || {
+        committed(&group, &topic, 1) == vec![produced[2].1 + 1]
+    })
+    .await;
+    let stats = running.stats.clone();
+    running.stop().await;
+
+    assert_eq!(dlq.len(), 1);
+    let d = &dlq[0];
+    assert_eq!(
+        d.payload.as_ref().map(Bytes::len),
+        None,
+        "the payload is omitted"
+    );
+    assert_eq!(d.key, None, "the key is omitted");
+    let h = &d.headers;
+    assert_eq!(header_text(h, "kt-dlq-payload").as_deref(), Some("omitted"));
+    let because = header_text(h, "kt-dlq-omitted-because").expect("why it was omitted");
+    assert!(because.contains("too large"), "{because}");
+    assert_eq!(
+        header_text(h, "kt-dlq-original-topic").as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-original-offset"),
+        Some(big_offset.to_string())
+    );
+    assert_eq!(header_text(h, "kt-dlq-status").as_deref(), Some("422"));
+    assert_eq!(header_text(h, "x-note"), None, "original headers omitted");
+    assert_eq!(stats.dead_lettered(), 1);
+    // The original is still in the source topic at its coordinates.
+    let source = read_topic(&topic, 3).await;
+    assert_eq!(source[1].offset, big_offset);
+    assert!(
+        source[1].payload.as_ref() == Some(&big),
+        "the original, whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_more_headers_than_http_holds_is_dead_lettered_by_the_mapping() {
+    let topic = unique("headers");
+    let group = unique("g");
+    create_topic_with_dlq(&topic, 1).await;
+    // 25,000 headers: about 200 KB, which Kafka accepts; 0.1 panicked here.
+    let many: RawHeaders = (0..25_000)
+        .map(|i| RawHeader::new(format!("h{i:05}"), "v"))
+        .collect();
+    let produced = produce(
+        &topic,
+        [
+            Rec::payload("ok-1"),
+            Rec::payload("ok-many").headers(many.clone()),
+            Rec::payload("ok-2"),
+        ],
+    )
+    .await;
+
+    let rec = Recorder::default();
+    let running = spawn(
+        consumer(&group, &[&topic]).build().unwrap(),
+        ok_or_refuse(rec.clone()),
+    );
+    let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
+    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
+        .await;
+    eventually("the offset after `ok-2` committed", || {
+        committed(&group, &topic, 1) == vec![produced[2].1 + 1]
+    })
+    .await;
+    running.stop().await;
+
+    assert!(
+        !rec.texts().contains(&"ok-many".to_owned()),
+        "the service never saw the record"
+    );
+    let d = &dlq[0];
+    assert_eq!(d.payload.as_deref(), Some(&b"ok-many"[..]));
+    let h = &d.headers;
+    assert_eq!(
+        header_text(h, "kt-dlq-failed-by").as_deref(),
+        Some("mapping")
+    );
+    assert_eq!(
+        header_text(h, "kt-dlq-reason").as_deref(),
+        Some("too_many_headers")
+    );
+    assert_eq!(header_text(h, "kt-dlq-attempts").as_deref(), Some("0"));
+    assert_eq!(
+        header_text(h, "kt-dlq-original-offset"),
+        Some(produced[1].1.to_string())
+    );
+    // Byte-exact: the 25,000 original headers come first, in order.
+    assert_eq!(
+        header_pairs(&h.iter().take(25_000).cloned().collect()),
+        header_pairs(&many)
+    );
+}
