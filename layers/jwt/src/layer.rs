@@ -87,6 +87,7 @@ pub struct JwtLayerBuilder {
     claim_names: ClaimNames,
     default_policy: TopicPolicy,
     topics: Vec<(String, TopicPolicy)>,
+    unknown_kid_tries_kidless_keys: bool,
     #[cfg(feature = "jwks-http")]
     pub(crate) remote: crate::jwks_http::RemoteConfig,
 }
@@ -106,6 +107,7 @@ impl Default for JwtLayerBuilder {
             claim_names: ClaimNames::default(),
             default_policy: TopicPolicy::default(),
             topics: Vec::new(),
+            unknown_kid_tries_kidless_keys: false,
             #[cfg(feature = "jwks-http")]
             remote: Default::default(),
         }
@@ -113,6 +115,16 @@ impl Default for JwtLayerBuilder {
 }
 
 impl JwtLayerBuilder {
+    /// Whether a token whose `kid` matches no configured key may still be
+    /// verified against the keys configured *without* a `kid` (default
+    /// `false`: such a token is refused with `unknown_key`). Turn it on
+    /// only while issuers start sending `kid`s that the configuration does
+    /// not list yet; the signature is checked either way.
+    pub fn unknown_kid_tries_kidless_keys(mut self, yes: bool) -> Self {
+        self.unknown_kid_tries_kidless_keys = yes;
+        self
+    }
+
     /// Adds a verification key.
     pub fn key(mut self, key: VerificationKey) -> Self {
         self.keys.push(key);
@@ -274,6 +286,7 @@ impl JwtLayerBuilder {
                 .map(|(t, p)| (t.into_boxed_str(), p))
                 .collect(),
             default_policy: self.default_policy,
+            unknown_kid_tries_kidless_keys: self.unknown_kid_tries_kidless_keys,
         });
         #[cfg(feature = "jwks-http")]
         if let Some(task) = pending_remote {

@@ -17,7 +17,12 @@
 //!   of them. `alg: none` and algorithm confusion (an `HS256` token whose
 //!   "secret" is the RSA public key) are refused with
 //!   `unsupported_algorithm`. A token's `jku`, `x5u` and `jwk` headers are
-//!   ignored; its `kid` only selects among configured keys.
+//!   ignored; its `kid` only selects among configured keys. A token with
+//!   a `kid` is tried only against the key with that `kid`: a `kid` no key
+//!   has is refused with `unknown_key` (unless
+//!   [`unknown_kid_tries_kidless_keys`](JwtLayerBuilder::unknown_kid_tries_kidless_keys)
+//!   lets it try the keys configured without one); a token without a `kid`
+//!   is tried against every key whose algorithms include its `alg`.
 //! * **Queue-aware expiry per topic.** Records wait in topics; a token can
 //!   expire meanwhile. Each topic picks an [`ExpiryMode`]: strict, a grace
 //!   period, "valid when the record was produced" (bounded by a maximum
@@ -83,6 +88,7 @@
 //! | [`key`](JwtLayerBuilder::key) | — | a [`VerificationKey`]; at least one key or JWKS source is required |
 //! | [`jwks`](JwtLayerBuilder::jwks) / [`jwks_file`](JwtLayerBuilder::jwks_file) | — | the signature keys of a JWKS document / file |
 //! | `jwks_url` (feature `jwks-http`) | — | fetch a JWKS over HTTP(S); refreshed every `jwks_refresh_interval` (5 min) and on an unknown `kid`, at most every `jwks_min_refresh_interval` (30 s) |
+//! | [`unknown_kid_tries_kidless_keys`](JwtLayerBuilder::unknown_kid_tries_kidless_keys) | `false` | a `kid` no key has may try the keys without a `kid` |
 //! | [`issuer`](JwtLayerBuilder::issuer) | any | accepted `iss` values; once set, `iss` is required |
 //! | [`audience`](JwtLayerBuilder::audience) | none | accepted `aud` values; once set, `aud` is required; with none, tokens naming an audience are refused |
 //! | [`leeway`](JwtLayerBuilder::leeway) | 60 s | clock skew allowed on `exp` and `nbf` |

@@ -57,6 +57,9 @@ pub(crate) struct Verifier {
     pub(crate) claim_names: ClaimNames,
     pub(crate) topics: HashMap<Box<str>, TopicPolicy, foldhash::fast::RandomState>,
     pub(crate) default_policy: TopicPolicy,
+    /// A token whose `kid` matches no key may be tried against the keys
+    /// configured without a `kid` (off by default).
+    pub(crate) unknown_kid_tries_kidless_keys: bool,
 }
 
 pub(crate) fn validation_for(
@@ -207,7 +210,7 @@ impl Verifier {
                     .iter()
                     .filter(|k| k.kid.as_deref() == Some(kid))
                     .collect();
-                if exact.is_empty() {
+                if exact.is_empty() && self.unknown_kid_tries_kidless_keys {
                     snapshot.keys.iter().filter(|k| k.kid.is_none()).collect()
                 } else {
                     exact

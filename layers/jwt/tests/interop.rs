@@ -47,15 +47,27 @@ async fn tokens_minted_by_pyjwt_verify_with_pem_keys() {
     c["aud"] = json!("orders-service");
     let minted = pyjwt_mint(&c);
     let pem = |alg: &str| minted[alg]["public_pem"].as_str().unwrap().to_owned();
+    // PyJWT names each key's kid in its tokens; a kid must match a
+    // configured key (the HS256 token names none).
+    let kid = |alg: &str| minted[alg]["kid"].as_str().unwrap().to_owned();
     let layer = JwtLayer::builder()
         .key(
             VerificationKey::rsa_pem(pem("RS256"), Algorithm::RS256)
                 .unwrap()
                 .also_allow(Algorithm::PS256)
-                .unwrap(),
+                .unwrap()
+                .with_kid(kid("RS256")),
         )
-        .key(VerificationKey::ec_pem(pem("ES256"), Algorithm::ES256).unwrap())
-        .key(VerificationKey::ed_pem(pem("EdDSA")).unwrap())
+        .key(
+            VerificationKey::ec_pem(pem("ES256"), Algorithm::ES256)
+                .unwrap()
+                .with_kid(kid("ES256")),
+        )
+        .key(
+            VerificationKey::ed_pem(pem("EdDSA"))
+                .unwrap()
+                .with_kid(kid("EdDSA")),
+        )
         .key(
             VerificationKey::hmac(
                 minted["HS256"]["secret"].as_str().unwrap(),

@@ -275,6 +275,62 @@ async fn unknown_key() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 }
 
+/// Keys `k1` (with a kid) and one HMAC key without a kid; a token with the
+/// unknown kid `k2`, signed with the kid-less key's secret.
+fn kid_less_and_k1(tries_kidless: bool) -> kafka_tower_jwt::JwtLayer {
+    kafka_tower_jwt::JwtLayer::builder()
+        .key(
+            VerificationKey::hmac(b"k1-secret-k1-secret-k1-secret-32", Algorithm::HS256)
+                .unwrap()
+                .with_kid("k1"),
+        )
+        .key(VerificationKey::hmac(SECRET, Algorithm::HS256).unwrap())
+        .unknown_kid_tries_kidless_keys(tries_kidless)
+        .build()
+        .unwrap()
+}
+
+fn token_with_kid(kid: Option<&str>) -> String {
+    let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = kid.map(str::to_owned);
+    sign(h, &claims(), &EncodingKey::from_secret(SECRET).unwrap())
+}
+
+#[tokio::test]
+async fn a_kid_no_key_has_is_refused_even_if_a_kid_less_key_would_verify_it() {
+    let layer = kid_less_and_k1(false);
+    let svc = service(&layer);
+    let a = send(&svc, record("t", Some(&token_with_kid(Some("k2"))), None)).await;
+    assert_eq!(a.reason(), "unknown_key");
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Without a kid, the token is tried against every key and verifies.
+    send(&svc, record("t", Some(&token_with_kid(None)), None))
+        .await
+        .assert_ok("sub=user-1");
+}
+
+#[tokio::test]
+async fn opting_in_lets_an_unknown_kid_try_the_kid_less_keys() {
+    let layer = kid_less_and_k1(true);
+    let svc = service(&layer);
+    send(&svc, record("t", Some(&token_with_kid(Some("k2"))), None))
+        .await
+        .assert_ok("sub=user-1");
+    // The signature is still checked: a token signed with another secret
+    // is refused.
+    let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k2".into());
+    let forged = sign(
+        h,
+        &claims(),
+        &EncodingKey::from_secret(b"another-secret-another-secret-32").unwrap(),
+    );
+    assert_eq!(
+        send(&svc, record("t", Some(&forged), None)).await.reason(),
+        "bad_signature"
+    );
+}
+
 #[tokio::test]
 async fn insufficient_scope_is_403() {
     let layer = hs_layer()
