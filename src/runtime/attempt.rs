@@ -11,7 +11,8 @@ use std::sync::Arc;
 use http::{Request, Uri};
 use tokio_util::sync::CancellationToken;
 
-use super::config::RetryPolicy;
+use super::config::{ConsumerConfig, RetryPolicy};
+use super::consumer::ConsumerError;
 use super::dead_letter::DeadLetterWriter;
 use super::outcome::{invoke, ErrorClass, Failure};
 use super::service::RecordService;
@@ -27,6 +28,32 @@ pub(crate) struct AttemptPolicy {
     pub(crate) stats: Arc<RuntimeStats>,
     /// Context capture, when `context.capture` is on.
     pub(crate) context: Option<ContextConfig>,
+}
+
+impl AttemptPolicy {
+    /// The policy a consumer configuration asks for.
+    pub(crate) fn from_config(
+        config: &ConsumerConfig,
+        stats: Arc<RuntimeStats>,
+    ) -> Result<Self, ConsumerError> {
+        let context = if config.context.capture {
+            Some(
+                config
+                    .context
+                    .to_context_config()
+                    .map_err(ConsumerError::config)?,
+            )
+        } else {
+            None
+        };
+        Ok(AttemptPolicy {
+            group: config.group_id.as_str().into(),
+            retry: config.retry.clone(),
+            max_error_len: config.dead_letter.max_error_len,
+            stats,
+            context,
+        })
+    }
 }
 
 /// How the attempts at one record ended.

@@ -278,22 +278,7 @@ impl Consumer {
             None
         };
         let shared = Arc::new(LaneShared {
-            policy: AttemptPolicy {
-                group: config.group_id.as_str().into(),
-                retry: config.retry.clone(),
-                max_error_len: config.dead_letter.max_error_len,
-                stats: stats.clone(),
-                context: if config.context.capture {
-                    Some(
-                        config
-                            .context
-                            .to_context_config()
-                            .map_err(ConsumerError::config)?,
-                    )
-                } else {
-                    None
-                },
-            },
+            policy: AttemptPolicy::from_config(&config, stats.clone())?,
             ordering: config.ordering,
             lookahead: match config.ordering {
                 Ordering::Partition => 1,

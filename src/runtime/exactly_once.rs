@@ -260,22 +260,7 @@ impl Consumer {
             .await
             .map_err(|e| ConsumerError::new("cannot start the transactional producer", e))?;
         let shared = Arc::new(EosShared {
-            policy: AttemptPolicy {
-                group: config.group_id.as_str().into(),
-                retry: config.retry.clone(),
-                max_error_len: config.dead_letter.max_error_len,
-                stats: stats.clone(),
-                context: if config.context.capture {
-                    Some(
-                        config
-                            .context
-                            .to_context_config()
-                            .map_err(ConsumerError::config)?,
-                    )
-                } else {
-                    None
-                },
-            },
+            policy: AttemptPolicy::from_config(&config, stats.clone())?,
             partitions_at_once: Semaphore::new(config.max_in_flight),
         });
 
