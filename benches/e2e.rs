@@ -16,7 +16,8 @@
 //! Knobs: `BENCH_E2E_RECORDS` (default 1000000), `BENCH_E2E_SIZE` (512),
 //! `BENCH_E2E_PARTITIONS` (16), `BENCH_E2E_ROUNDS` (3), `BENCH_E2E_TIMEOUT`
 //! (seconds per variant, 600), `BENCH_E2E_BUFFER_PER_PARTITION` and
-//! `BENCH_E2E_MAX_IN_FLIGHT` (runtime settings, for diagnosis; the defaults
+//! `BENCH_E2E_MAX_IN_FLIGHT` and `BENCH_E2E_PROPERTIES` (`k=v,k=v`
+//! librdkafka properties) (runtime settings, for diagnosis; the defaults
 //! otherwise), `BENCH_RESULTS_DIR` (where `e2e.json` and
 //! `e2e.md` go; default `results/`). The topic is named after the sizes and
 //! re-used when it already holds enough records.
@@ -623,6 +624,12 @@ async fn runtime(
     }
     if let Ok(n) = std::env::var("BENCH_E2E_MAX_IN_FLIGHT") {
         builder = builder.max_in_flight(n.parse().unwrap());
+    }
+    if let Ok(props) = std::env::var("BENCH_E2E_PROPERTIES") {
+        for kv in props.split(',').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').expect("BENCH_E2E_PROPERTIES: k=v,k=v");
+            builder = builder.property(k, v);
+        }
     }
     let consumer = builder.build().unwrap();
     let stats = consumer.stats();
