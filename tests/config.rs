@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kafka_tower::runtime::{
-    ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
+    ConsumerConfig, DeadLetterPolicy, Ordering, ProducerConfig, PropertyValue, RetryPolicy,
 };
 
 const NO_ENV: [(&str, &str); 0] = [];
@@ -545,6 +545,50 @@ fn unknown_env_var_fails_naming_the_variable() {
         assert!(shown.contains(var), "{var}: {shown}");
         assert!(err.origin().contains(var), "{var}: {err:?}");
     }
+}
+
+#[test]
+fn the_projects_own_tooling_variables_are_not_overrides() {
+    for var in kafka_tower::runtime::TOOLING_ENV_VARS {
+        let config = ConsumerConfig::from_yaml_str(MINIMAL_YAML, "test.yml", [(*var, "/x")])
+            .unwrap_or_else(|e| panic!("{var} broke the consumer loader: {e}"));
+        assert_eq!(config, yaml_env(MINIMAL_YAML, &[]));
+        ProducerConfig::from_yaml_str(
+            "properties:\n  bootstrap.servers: 127.0.0.1:9092\n",
+            "producer.yml",
+            [(*var, "/x")],
+        )
+        .unwrap_or_else(|e| panic!("{var} broke the producer loader: {e}"));
+    }
+    // A misspelling of one is still an error naming it.
+    let err = ConsumerConfig::from_yaml_str(
+        MINIMAL_YAML,
+        "test.yml",
+        [("KAFKA_TOWER_BROKER_DIRS", "/x")],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("KAFKA_TOWER_BROKER_DIRS"), "{err}");
+}
+
+#[test]
+fn producer_and_consumer_overrides_do_not_interfere() {
+    let env = [
+        ("KAFKA_TOWER_PRODUCER_PROPERTIES__LINGER_MS", "7"),
+        ("KAFKA_TOWER_RETRY__MAX_ATTEMPTS", "9"),
+    ];
+    let consumer = ConsumerConfig::from_yaml_str(MINIMAL_YAML, "test.yml", env).unwrap();
+    assert_eq!(consumer.retry.max_attempts, 9);
+    assert!(!consumer.properties.contains_key("linger.ms"));
+    let producer = ProducerConfig::from_yaml_str(
+        "properties:\n  bootstrap.servers: 127.0.0.1:9092\n",
+        "producer.yml",
+        env,
+    )
+    .unwrap();
+    assert_eq!(
+        producer.properties.get("linger.ms").map(|v| v.0.as_str()),
+        Some("7")
+    );
 }
 
 /// A value of the wrong type in a variable: the error names the key and the

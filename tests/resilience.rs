@@ -30,7 +30,13 @@ struct Worker {
 
 impl Worker {
     fn start(bin: &std::path::Path, config: &std::path::Path, delay_ms: u64) -> Worker {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        // The project's own tooling variables must not break a consumer
+        // that loads its configuration from a file and the environment.
+        for var in kafka_tower::runtime::TOOLING_ENV_VARS {
+            command.env(var, "/tmp/not-a-configuration-field");
+        }
+        let mut child = command
             .arg(config)
             .env("WORKER_DELAY_MS", delay_ms.to_string())
             .env("KAFKA_TOWER_PROPERTIES__BOOTSTRAP_SERVERS", bootstrap())

@@ -33,6 +33,14 @@
 //! `_` becomes `.`). An unknown field, in the file or in a variable, is an
 //! error naming it.
 //!
+//! The namespace rule: `KAFKA_TOWER_PRODUCER_*` variables belong to the
+//! producer's loader ([`ProducerConfig`]) and are never read as consumer
+//! overrides, nor consumer variables as producer ones; the variables of the
+//! project's own tooling, listed in [`TOOLING_ENV_VARS`] (e.g.
+//! `KAFKA_TOWER_BROKER_DIR`, read by `scripts/kafka.sh`), are ignored by
+//! both; every other `KAFKA_TOWER_*` variable is an override, and one that
+//! names no field fails.
+//!
 //! ```
 //! use kafka_tower::runtime::ConsumerConfig;
 //!
@@ -62,6 +70,20 @@ pub const ENV_PREFIX: &str = "KAFKA_TOWER_";
 
 /// The prefix of environment variables that override producer configuration.
 pub const PRODUCER_ENV_PREFIX: &str = "KAFKA_TOWER_PRODUCER_";
+
+/// Variables under the `KAFKA_TOWER_` prefix that the project's scripts,
+/// test kit and benches read for themselves: the configuration loaders
+/// ignore them, so setting one never breaks a consumer or producer that
+/// loads its configuration from a file and the environment.
+///
+/// ```
+/// use kafka_tower::runtime::ConsumerConfig;
+///
+/// let yaml = "group_id: g\ntopics: [orders]\n";
+/// let env = [("KAFKA_TOWER_BROKER_DIR", "/var/lib/kafka-test")];
+/// assert!(ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).is_ok());
+/// ```
+pub const TOOLING_ENV_VARS: &[&str] = &["KAFKA_TOWER_BROKER_DIR"];
 
 const CONSUMER_FIELDS: &[&str] = &[
     "group_id",
@@ -637,6 +659,9 @@ pub(crate) fn load<T: serde::de::DeserializeOwned, K: AsRef<str>, V: AsRef<str>>
     let mut from_env: Vec<(Vec<String>, String, String, bool)> = Vec::new();
     for (k, v) in env {
         let k = k.as_ref();
+        if TOOLING_ENV_VARS.contains(&k) {
+            continue;
+        }
         let Some(rest) = k.strip_prefix(prefix) else {
             continue;
         };

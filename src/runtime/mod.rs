@@ -18,7 +18,7 @@ pub mod transactions;
 
 pub use config::{
     ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering, ProducerConfig,
-    PropertyValue, RetryPolicy,
+    PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};
