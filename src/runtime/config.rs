@@ -79,9 +79,10 @@ pub const PRODUCER_ENV_PREFIX: &str = "KAFKA_TOWER_PRODUCER_";
 /// ```
 /// use kafka_tower::runtime::ConsumerConfig;
 ///
-/// let yaml = "group_id: g\ntopics: [orders]\n";
+/// let yaml = "group_id: g\ntopics: [orders]\nproperties:\n  bootstrap.servers: 127.0.0.1:9092\n";
 /// let env = [("KAFKA_TOWER_BROKER_DIR", "/var/lib/kafka-test")];
-/// assert!(ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).is_ok());
+/// let config = ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).unwrap();
+/// assert_eq!(config.group_id, "g");
 /// ```
 pub const TOOLING_ENV_VARS: &[&str] = &["KAFKA_TOWER_BROKER_DIR"];
 

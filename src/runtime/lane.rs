@@ -566,10 +566,17 @@ mod tests {
         })
     }
 
+    /// Yields to the lane until `cond` holds; fails instead of hanging if
+    /// it never does (the lane runs on the same single-threaded runtime, so
+    /// a bounded number of turns is enough: this is not a timeout).
     async fn until(mut cond: impl FnMut() -> bool) {
-        while !cond() {
+        for _ in 0..100_000 {
+            if cond() {
+                return;
+            }
             tokio::task::yield_now().await;
         }
+        panic!("the lane never reached the expected state");
     }
 
     #[tokio::test]
