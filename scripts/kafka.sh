@@ -5,6 +5,19 @@
 #   scripts/kafka.sh fetch    download the jars (mvn, scripts/kafka/pom.xml)
 #   scripts/kafka.sh start    fetch if needed, format, start, wait until ready;
 #                             prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>
+#                             (PLAINTEXT) and the secured listeners of the
+#                             same broker:
+#                               KAFKA_SASL_SSL_BOOTSTRAP_SERVERS  SASL_SSL,
+#                                 SCRAM-SHA-512 (KAFKA_SCRAM_USER and
+#                                 KAFKA_SCRAM_PASSWORD, created at format)
+#                               KAFKA_SSL_BOOTSTRAP_SERVERS  SSL with client
+#                                 certificates required (mTLS)
+#                               KAFKA_TLS_DIR  the certificates, made at
+#                                 start: ca.pem (the broker's CA),
+#                                 client.pem/.key (signed by it),
+#                                 expired-client.pem/.key (signed by it,
+#                                 valid 2020-01-01 to 2020-01-02 only),
+#                                 other-ca.pem (a CA that signed nothing)
 #   scripts/kafka.sh stop     stop the broker started by `start`
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka tool class (console
 #                             producer/consumer, TopicCommand) on the classpath
@@ -16,6 +29,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LIBS="$ROOT/target/kafka-libs"
 DIR="${KAFKA_TOWER_BROKER_DIR:-$ROOT/target/kafka}"
 JAVA="${JAVA:-java}"
+
+SCRAM_USER=kafka-tower-test
+SCRAM_PASSWORD=kafka-tower-test-secret
+KEYSTORE_PASSWORD=kafka-tower-test-keystore
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -62,28 +79,89 @@ rootLogger.appenderRef.err.ref = STDERR
 PROPS
 }
 
+# A private CA, the broker's certificate (for 127.0.0.1 and localhost) and
+# client certificates, all P-256 so that generating them takes milliseconds.
+make_certificates() {
+  local tls="$DIR/tls"
+  command -v openssl >/dev/null || { echo "kafka.sh: openssl is required to make the test certificates" >&2; exit 1; }
+  rm -rf "$tls"
+  mkdir -p "$tls/ca-db"
+  (
+    cd "$tls"
+    key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+      -days 30 -subj "/CN=kafka-tower test CA" 2>/dev/null
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout other-ca.key -out other-ca.pem \
+      -days 30 -subj "/CN=kafka-tower unrelated CA" 2>/dev/null
+    key broker localhost
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile broker.ext -out broker.pem 2>/dev/null
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout "pass:$KEYSTORE_PASSWORD" -out broker.p12
+    key client kafka-tower-client
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -out client.pem 2>/dev/null
+    # `openssl x509` cannot back-date; `openssl ca` can.
+    key expired-client kafka-tower-expired-client
+    touch ca-db/index.txt
+    echo 1000 > ca-db/serial
+    cat > ca.cnf <<CNF
+[ca]
+default_ca = test
+[test]
+dir = .
+database = ca-db/index.txt
+new_certs_dir = ca-db
+serial = ca-db/serial
+default_md = sha256
+policy = any
+[any]
+commonName = supplied
+CNF
+    openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired-client.csr -out expired-client.pem \
+      -startdate 20200101000000Z -enddate 20200102000000Z -notext 2>/dev/null
+    rm -f ./*.csr
+  ) || { echo "kafka.sh: making the test certificates failed" >&2; exit 1; }
+}
+
 start() {
   fetch
   if [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; then
-    echo "KAFKA_BOOTSTRAP_SERVERS=$(cat "$DIR/bootstrap")"
+    cat "$DIR/addresses"
     return 0
   fi
   rm -rf "$DIR/data" "$DIR/tmp"
   mkdir -p "$DIR/data" "$DIR/tmp"
   log4j_config
-  local port cport
+  make_certificates
+  local port cport sport tport
   port="$(free_port)"
   cport="$(free_port)"
   while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+  sport="$(free_port)"
+  while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport="$(free_port)"; done
+  tport="$(free_port)"
+  while [ "$tport" = "$port" ] || [ "$tport" = "$cport" ] || [ "$tport" = "$sport" ]; do tport="$(free_port)"; done
   cat > "$DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport,SSL://127.0.0.1:$tport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,SSL://127.0.0.1:$tport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.client.auth=none
+listener.name.ssl.ssl.client.auth=required
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$DIR/tls/broker.p12
+ssl.keystore.password=$KEYSTORE_PASSWORD
+ssl.key.password=$KEYSTORE_PASSWORD
+ssl.truststore.type=PEM
+ssl.truststore.location=$DIR/tls/ca.pem
 log.dirs=$DIR/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -104,11 +182,19 @@ PROPS
   local jvm=(-Xms512m -Xmx512m -Djava.io.tmpdir="$DIR/tmp" -Dlog4j2.configurationFile="$DIR/log4j2-broker.properties")
   local cluster_id
   cluster_id="$("$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$DIR/format.log" | tail -1)"
-  "$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$DIR/server.properties" >>"$DIR/format.log" 2>&1 \
+  "$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$DIR/server.properties" \
+    --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >>"$DIR/format.log" 2>&1 \
     || { echo "kafka.sh: storage format failed; see $DIR/format.log" >&2; cat "$DIR/format.log" >&2; exit 1; }
   nohup "$JAVA" "${jvm[@]}" -cp "$cp" kafka.Kafka "$DIR/server.properties" >"$DIR/stdout.log" 2>&1 &
   echo $! > "$DIR/broker.pid"
-  echo "127.0.0.1:$port" > "$DIR/bootstrap"
+  cat > "$DIR/addresses" <<ADDR
+KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$port
+KAFKA_SASL_SSL_BOOTSTRAP_SERVERS=127.0.0.1:$sport
+KAFKA_SSL_BOOTSTRAP_SERVERS=127.0.0.1:$tport
+KAFKA_SCRAM_USER=$SCRAM_USER
+KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD
+KAFKA_TLS_DIR=$DIR/tls
+ADDR
   # The client port opens only once the broker is registered and unfenced.
   local deadline=$((SECONDS + 120))
   until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; do
@@ -125,7 +211,7 @@ PROPS
     if [ $SECONDS -ge $deadline ]; then echo "kafka.sh: the broker does not serve metadata" >&2; stop; exit 1; fi
     sleep 0.5
   done
-  echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$port"
+  cat "$DIR/addresses"
 }
 
 stop() {

@@ -32,6 +32,74 @@ pub fn bootstrap() -> String {
     )
 }
 
+fn broker_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} must be set by `scripts/kafka.sh start` (run `scripts/test`, which starts the broker)")
+    })
+}
+
+/// The test broker's secured listeners (`scripts/kafka.sh`): SASL_SSL with
+/// SCRAM-SHA-512, and SSL with client certificates required.
+pub mod secured {
+    use super::broker_env;
+
+    /// The SASL_SSL (SCRAM-SHA-512) listener.
+    pub fn sasl_ssl_bootstrap() -> String {
+        broker_env("KAFKA_SASL_SSL_BOOTSTRAP_SERVERS")
+    }
+    /// The SSL listener that requires a client certificate (mTLS).
+    pub fn mtls_bootstrap() -> String {
+        broker_env("KAFKA_SSL_BOOTSTRAP_SERVERS")
+    }
+    /// The SCRAM user created at format time.
+    pub fn scram_user() -> String {
+        broker_env("KAFKA_SCRAM_USER")
+    }
+    /// Its password.
+    pub fn scram_password() -> String {
+        broker_env("KAFKA_SCRAM_PASSWORD")
+    }
+    /// A file of the broker's certificate directory: `ca.pem`,
+    /// `client.pem`, `client.key`, `expired-client.pem`,
+    /// `expired-client.key`, `other-ca.pem`.
+    pub fn tls_file(name: &str) -> String {
+        format!("{}/{name}", broker_env("KAFKA_TLS_DIR"))
+    }
+
+    /// librdkafka properties for the SASL_SSL listener with `password`.
+    pub fn sasl_ssl_properties(password: &str) -> Vec<(String, String)> {
+        [
+            ("bootstrap.servers", sasl_ssl_bootstrap()),
+            ("security.protocol", "SASL_SSL".into()),
+            ("sasl.mechanism", "SCRAM-SHA-512".into()),
+            ("sasl.username", scram_user()),
+            ("sasl.password", password.into()),
+            ("ssl.ca.location", tls_file("ca.pem")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// librdkafka properties for the mTLS listener, trusting `ca` and
+    /// presenting certificate `client` (`client` or `expired-client`).
+    pub fn mtls_properties(ca: &str, client: &str) -> Vec<(String, String)> {
+        [
+            ("bootstrap.servers", mtls_bootstrap()),
+            ("security.protocol", "SSL".into()),
+            ("ssl.ca.location", tls_file(ca)),
+            (
+                "ssl.certificate.location",
+                tls_file(&format!("{client}.pem")),
+            ),
+            ("ssl.key.location", tls_file(&format!("{client}.key"))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
