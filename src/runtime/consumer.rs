@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     base_consumer::PartitionQueue, BaseConsumer, CommitMode, Consumer as _, ConsumerContext,
     Rebalance,
@@ -16,6 +16,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
+use super::access::{AccessWatch, ClusterRefused};
 use super::attempt::AttemptPolicy;
 use super::config::{
     ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
@@ -198,6 +199,14 @@ impl ConsumerError {
     }
 }
 
+impl ConsumerError {
+    /// The cluster's refusal (credentials, TLS) that stopped the consumer,
+    /// if that is why it stopped.
+    pub fn refused(&self) -> Option<&ClusterRefused> {
+        self.source.as_deref()?.downcast_ref()
+    }
+}
+
 impl fmt::Display for ConsumerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
@@ -258,9 +267,13 @@ impl Consumer {
     /// awaited before every call.
     ///
     /// Returns an error if the client cannot be created (the message names
-    /// the bad librdkafka property), on a fatal client error, or when the
-    /// runtime itself fails on a partition (a panic below the service that
-    /// even dead-lettering the record could not get past).
+    /// the bad librdkafka property), when the cluster refuses the
+    /// consumer's or its dead-letter producer's credentials or TLS
+    /// handshake ([`ConsumerError::refused`], within about a second of
+    /// librdkafka's first attempt: see [`access`](super::access)), on a
+    /// fatal client error, or when the runtime itself fails on a partition
+    /// (a panic below the service that even dead-lettering the record could
+    /// not get past).
     pub async fn serve<S, F>(self, service: S, shutdown: F) -> Result<(), ConsumerError>
     where
         S: RecordService,
@@ -270,9 +283,10 @@ impl Consumer {
         let stats = self.stats;
         let handle = tokio::runtime::Handle::current();
 
+        let access = Arc::new(AccessWatch::default());
         let dead_letter = if config.dead_letter.enabled {
             Some(
-                DeadLetterWriter::new(&config)
+                DeadLetterWriter::new(&config, access.clone())
                     .map_err(|e| ConsumerError::new("cannot create the dead-letter producer", e))?,
             )
         } else {
@@ -324,6 +338,7 @@ impl Consumer {
             consumer: OnceLock::new(),
             stats: stats.clone(),
             commit_failed: AtomicBool::new(false),
+            access,
         };
 
         let mut cc = ClientConfig::new();
@@ -439,6 +454,9 @@ struct RuntimeContext {
     consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
     stats: Arc<RuntimeStats>,
     commit_failed: AtomicBool,
+    /// Refusals by the cluster, seen by the consumer or its dead-letter
+    /// producer.
+    access: Arc<AccessWatch>,
 }
 
 impl RuntimeContext {
@@ -448,6 +466,15 @@ impl RuntimeContext {
 }
 
 impl ClientContext for RuntimeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.access.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", error = %error, "{reason}");
+        self.access.error(&error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lag = Vec::new();
         for (name, topic) in &statistics.topics {
@@ -740,6 +767,10 @@ fn poll_loop(
                 result = Err(e);
                 break;
             }
+            if let Some(refused) = context.access.refused() {
+                result = Err(ConsumerError::new("cannot consume", refused.clone()));
+                break;
+            }
             if let Err(e) = st.watch_lanes(consumer) {
                 tracing::error!(error = %e, "stopping");
                 result = Err(e);
@@ -777,6 +808,7 @@ fn poll_loop(
                 break;
             }
             Some(Err(e)) => {
+                context.access.consumer_error(&e);
                 tracing::warn!(error = %e, "consumer error");
             }
         }

@@ -49,6 +49,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::access::{AccessWatch, WatchedContext};
 use super::config::{ConsumerConfig, DeadLetterPolicy};
 use super::native::write_headers;
 use super::outcome::{truncate_utf8, Failure};
@@ -66,18 +67,24 @@ fn is_connection_property(name: &str) -> bool {
         || name == "broker.address.family"
         || name.starts_with("sasl.")
         || name.starts_with("ssl.")
+        || name.starts_with("enable.ssl.")
         || name.starts_with("socket.")
 }
 
 pub(crate) struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<WatchedContext>,
     policy: DeadLetterPolicy,
     service_id: Arc<str>,
     group: Arc<str>,
 }
 
 impl DeadLetterWriter {
-    pub(crate) fn new(config: &ConsumerConfig) -> Result<Self, KafkaError> {
+    /// A writer whose producer reports refusals by the cluster to `access`
+    /// (the consumer's, so that the consumer stops on them too).
+    pub(crate) fn new(
+        config: &ConsumerConfig,
+        access: Arc<AccessWatch>,
+    ) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("enable.idempotence", "true");
         cc.set("acks", "all");
@@ -97,7 +104,7 @@ impl DeadLetterWriter {
             cc.set(k, &v.0);
         }
         Ok(DeadLetterWriter {
-            producer: cc.create()?,
+            producer: cc.create_with_context(WatchedContext { access })?,
             policy: config.dead_letter.clone(),
             service_id: config.service_id.as_str().into(),
             group: config.group_id.as_str().into(),

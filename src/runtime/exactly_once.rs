@@ -47,13 +47,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::access::AccessWatch;
 use super::attempt::{serve_attempts, AttemptPolicy, Attempted};
 use super::config::{ConsumerConfig, ProducerConfig};
 use super::consumer::{Consumer, ConsumerError};
@@ -181,6 +182,7 @@ impl ExactlyOnce {
 
 #[derive(Default)]
 struct EosContext {
+    access: AccessWatch,
     revoked: Mutex<Vec<(String, i32)>>,
     on_assigned: Option<PartitionsCallback>,
     on_revoked: Option<PartitionsCallback>,
@@ -193,7 +195,16 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for EosContext {}
+impl ClientContext for EosContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.access.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", error = %error, "{reason}");
+        self.access.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for EosContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -274,6 +285,7 @@ impl Consumer {
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer<EosContext> = cc
             .create_with_context(EosContext {
+                access: AccessWatch::default(),
                 revoked: Mutex::default(),
                 on_assigned: settings.on_assigned.clone(),
                 on_revoked: settings.on_revoked.clone(),
@@ -378,6 +390,9 @@ impl<S: RecordService> EosRun<'_, S> {
         let mut batch = Vec::new();
         let mut first_at: Option<Instant> = None;
         while batch.len() < self.settings.max_batch && !stop.load(Relaxed) {
+            if let Some(refused) = self.consumer.context().access.refused() {
+                return Err(ConsumerError::new("cannot consume", refused.clone()));
+            }
             let timeout = match first_at {
                 None => Duration::from_millis(100),
                 Some(t) => {
@@ -407,7 +422,10 @@ impl<S: RecordService> EosRun<'_, S> {
                         KafkaError::MessageConsumptionFatal(code),
                     ));
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    self.consumer.context().access.consumer_error(&e);
+                    tracing::warn!(error = %e, "consumer error");
+                }
                 None if first_at.is_some() => break,
                 None => {}
             }

@@ -1,6 +1,7 @@
 //! The consumer runtime (feature `runtime`): [`Consumer`], its
 //! configuration, and the dead-letter path.
 
+pub mod access;
 mod attempt;
 #[doc(hidden)]
 pub mod bench_support;
@@ -16,6 +17,7 @@ mod service;
 mod stats;
 pub mod transactions;
 
+pub use access::{ClusterRefused, RefusalKind, WatchedContext};
 pub use config::{
     ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering, ProducerConfig,
     PropertyValue, RetryPolicy, TOOLING_ENV_VARS,

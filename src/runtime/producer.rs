@@ -50,6 +50,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use tower::Service;
 
+use super::access::{AccessWatch, ClusterRefused, WatchedContext};
 use super::config::ProducerConfig;
 use super::native::write_headers;
 use crate::context::DEFAULT_HEADERS;
@@ -95,6 +96,11 @@ pub enum ProduceError {
     Body(BoxError),
     /// librdkafka or the broker refused the record.
     Kafka(KafkaError),
+    /// The cluster refused this producer (credentials, TLS); no record can
+    /// be sent with this configuration. Records queued when the refusal was
+    /// noticed are purged from the producer's queue: none of them is sent
+    /// later behind the caller's back.
+    Refused(ClusterRefused),
 }
 
 impl fmt::Display for ProduceError {
@@ -113,6 +119,7 @@ impl fmt::Display for ProduceError {
             ProduceError::UnknownTopic(t) => write!(f, "topic {t:?} does not exist; nothing was sent"),
             ProduceError::Body(e) => write!(f, "cannot read the request body: {e}"),
             ProduceError::Kafka(e) => write!(f, "Kafka refused the record: {e}"),
+            ProduceError::Refused(e) => write!(f, "nothing was sent: {e}"),
         }
     }
 }
@@ -122,6 +129,7 @@ impl std::error::Error for ProduceError {
         match self {
             ProduceError::Body(e) => Some(&**e),
             ProduceError::Kafka(e) => Some(e),
+            ProduceError::Refused(e) => Some(e),
             _ => None,
         }
     }
@@ -141,7 +149,8 @@ pub struct Producer {
 }
 
 struct Inner {
-    producer: FutureProducer,
+    producer: FutureProducer<WatchedContext>,
+    access: Arc<AccessWatch>,
     max_message_bytes: usize,
     check_topics: bool,
     send_timeout: Duration,
@@ -166,13 +175,16 @@ impl Producer {
         config
             .validate()
             .map_err(|e| ProduceError::Config(e.to_string()))?;
-        let producer: FutureProducer = config
+        let context = WatchedContext::default();
+        let access = context.access.clone();
+        let producer: FutureProducer<WatchedContext> = config
             .client_config()
-            .create()
+            .create_with_context(context)
             .map_err(|e| ProduceError::Config(e.to_string()))?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 producer,
+                access,
                 max_message_bytes: config.max_message_bytes(),
                 check_topics: config.check_topics,
                 send_timeout: config.send_timeout,
@@ -182,17 +194,46 @@ impl Producer {
     }
 
     /// The underlying rdkafka producer.
-    pub fn rdkafka(&self) -> &FutureProducer {
+    pub fn rdkafka(&self) -> &FutureProducer<WatchedContext> {
         &self.inner.producer
     }
 
     /// Sends one record and waits for the broker's acknowledgement.
+    ///
+    /// Fails at once with [`ProduceError::Refused`] when the cluster
+    /// refuses the producer's credentials or TLS handshake, instead of
+    /// waiting for `message.timeout.ms`.
     pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, ProduceError> {
         validate_record(&record, self.inner.max_message_bytes)?;
-        if self.inner.check_topics {
-            self.ensure_topic(&record.topic).await?;
+        let access = &self.inner.access;
+        if let Some(r) = access.refused() {
+            return Err(ProduceError::Refused(r.clone()));
         }
-        send_with(&self.inner.producer, &record, self.inner.send_timeout).await
+        let send = async {
+            if self.inner.check_topics {
+                self.ensure_topic(&record.topic).await?;
+            }
+            send_with(&self.inner.producer, &record, self.inner.send_timeout).await
+        };
+        let result = tokio::select! {
+            biased;
+            result = send => result,
+            refused = access.wait_refused() => Err(ProduceError::Refused(refused)),
+        };
+        match result {
+            Err(e) if !matches!(e, ProduceError::Refused(_)) => match access.refused() {
+                // A lookup or delivery that failed because of the refusal.
+                Some(r) => Err(ProduceError::Refused(r.clone())),
+                None => Err(e),
+            },
+            Err(e) => {
+                self.inner
+                    .producer
+                    .purge(rdkafka::producer::PurgeConfig::default().queue());
+                Err(e)
+            }
+            ok => ok,
+        }
     }
 
     /// Waits until every queued record is delivered (or `timeout` passes).
