@@ -12,6 +12,20 @@ use kafka_tower_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {
+    served_once_and_shutdown_commits_all(GroupProtocol::ClassicEager).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_all_cooperative_sticky() {
+    served_once_and_shutdown_commits_all(GroupProtocol::ClassicCooperative).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_all_kip848() {
+    served_once_and_shutdown_commits_all(GroupProtocol::Kip848).await;
+}
+
+async fn served_once_and_shutdown_commits_all(protocol: GroupProtocol) {
     let topic = unique("exactly-once");
     let group = unique("g");
     create_topic_with_dlq(&topic, 4).await;
@@ -24,7 +38,7 @@ async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {
 
     let rec = Recorder::default();
     let running = spawn(
-        consumer(&group, &[&topic])
+        consumer_with(protocol, &group, &[&topic])
             .max_in_flight(8)
             .build()
             .unwrap(),
@@ -47,7 +61,7 @@ async fn every_record_is_served_exactly_once_and_shutdown_commits_all() {
     // A restarted consumer serves nothing twice: only the new sentinel.
     let rec2 = Recorder::default();
     let running = spawn(
-        consumer(&group, &[&topic]).build().unwrap(),
+        consumer_with(protocol, &group, &[&topic]).build().unwrap(),
         recording_service(rec2.clone(), |_| StatusCode::OK),
     );
     produce(&topic, [Rec::payload("sentinel").partition(2)]).await;

@@ -347,6 +347,11 @@ impl Recorder {
         seen
     }
 
+    /// How many calls were recorded.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
     pub fn all(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -453,6 +458,42 @@ pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
             Duration::from_millis(10),
             Duration::from_millis(100),
         ))
+}
+
+/// A consumer group protocol to run a test under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol with librdkafka's default (eager) assignors.
+    ClassicEager,
+    /// The classic protocol, `partition.assignment.strategy=cooperative-sticky`:
+    /// incremental assignments and revocations.
+    ClassicCooperative,
+    /// KIP-848, `group.protocol=consumer`: the broker assigns, incrementally.
+    Kip848,
+}
+
+/// [`consumer`] under `protocol`. KIP-848 leaves session and heartbeat
+/// timing to the broker (`scripts/kafka.sh` sets a 500 ms heartbeat), and
+/// refuses the classic properties.
+pub fn consumer_with(protocol: GroupProtocol, group: &str, topics: &[&str]) -> ConsumerBuilder {
+    match protocol {
+        GroupProtocol::ClassicEager => consumer(group, topics),
+        GroupProtocol::ClassicCooperative => {
+            consumer(group, topics).property("partition.assignment.strategy", "cooperative-sticky")
+        }
+        GroupProtocol::Kip848 => Consumer::builder()
+            .bootstrap_servers(bootstrap())
+            .group_id(group)
+            .topics(topics.iter().copied())
+            .property("group.protocol", "consumer")
+            .property("auto.offset.reset", "earliest")
+            .commit_interval(Duration::from_millis(200))
+            .retry(kafka_tower::RetryPolicy::exponential(
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            )),
+    }
 }
 
 /// Headers of `h` as (key, value) byte pairs, for readable assertions.
