@@ -10,6 +10,8 @@
 #                               KAFKA_SASL_SSL_BOOTSTRAP_SERVERS  SASL_SSL,
 #                                 SCRAM-SHA-512 (KAFKA_SCRAM_USER and
 #                                 KAFKA_SCRAM_PASSWORD, created at format)
+#                                 and OAUTHBEARER (Kafka's unsecured
+#                                 validator: unsigned JWTs with sub and exp)
 #                               KAFKA_SSL_BOOTSTRAP_SERVERS  SSL with client
 #                                 certificates required (mTLS)
 #                               KAFKA_TLS_DIR  the certificates, made at
@@ -151,9 +153,10 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
-sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
 listener.name.sasl_ssl.ssl.client.auth=none
 listener.name.ssl.ssl.client.auth=required
 ssl.keystore.type=PKCS12

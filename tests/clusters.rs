@@ -335,3 +335,173 @@ fn batch_codecs(topic: &str) -> Vec<String> {
         .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
         .collect()
 }
+
+/// One token request librdkafka made to the test token endpoint.
+#[cfg(feature = "oidc")]
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    request_line: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// An OIDC token endpoint on loopback answering every request with an
+/// unsigned JWT for `sub` (the broker's OAUTHBEARER listener uses Kafka's
+/// unsecured validator, which accepts unsigned tokens).
+#[cfg(feature = "oidc")]
+async fn token_endpoint(
+    sub: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<TokenRequest>>>) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let (head, body) = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let n = socket.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let body = String::from_utf8_lossy(&buf[end + 4..]).into_owned();
+                        break (head, body);
+                    }
+                };
+                log.lock().unwrap().push(TokenRequest {
+                    request_line: head.lines().next().unwrap_or("").to_owned(),
+                    authorization: head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_owned())
+                    }),
+                    body,
+                });
+                let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let jwt = format!(
+                    "{}.{}.",
+                    b64.encode(r#"{"alg":"none"}"#),
+                    b64.encode(format!(
+                        r#"{{"sub":"{sub}","iat":{now},"exp":{},"scope":"kafka"}}"#,
+                        now + 3600
+                    ))
+                );
+                let json = format!(
+                    r#"{{"access_token":"{jwt}","token_type":"bearer","expires_in":3600}}"#
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// OAUTHBEARER with librdkafka's own OIDC client-credentials flow,
+/// configured from YAML: librdkafka fetches a token from the endpoint with
+/// the client's id and secret, presents it to the broker, and the consumer
+/// serves the topic.
+#[cfg(feature = "oidc")]
+#[tokio::test]
+async fn oauthbearer_oidc_client_credentials_from_yaml() {
+    use base64::Engine as _;
+
+    let (url, requests) = token_endpoint("svc-orders").await;
+    let topic = unique("oidc");
+    create_topic_with_dlq(&topic, 1).await;
+    produce(&topic, (0..5).map(|i| Rec::payload(format!("oidc-{i}")))).await;
+
+    let secret = "oidc-client-secret-5d2a";
+    let yaml = format!(
+        r#"
+group_id: {group}
+topics: [{topic}]
+commit_interval: 200ms
+properties:
+  bootstrap.servers: {bootstrap}
+  security.protocol: SASL_SSL
+  ssl.ca.location: {ca}
+  sasl.mechanism: OAUTHBEARER
+  sasl.oauthbearer.method: oidc
+  sasl.oauthbearer.client.id: svc-orders
+  sasl.oauthbearer.client.secret: {secret}
+  sasl.oauthbearer.token.endpoint.url: {url}
+  sasl.oauthbearer.scope: kafka
+  auto.offset.reset: earliest
+"#,
+        group = unique("g"),
+        bootstrap = sasl_ssl_bootstrap(),
+        ca = tls_file("ca.pem"),
+    );
+    let config = kafka_tower::runtime::ConsumerConfig::from_yaml_str(
+        &yaml,
+        "oidc.yaml",
+        std::iter::empty::<(String, String)>(),
+    )
+    .expect("config");
+    assert!(!format!("{config:?}").contains(secret));
+    let recorder = Recorder::default();
+    let running = spawn(
+        Consumer::from_config(config).unwrap(),
+        recording_service(recorder.clone(), |_| StatusCode::OK),
+    );
+    recorder.wait_count(5).await;
+    running.stop().await;
+    assert_eq!(
+        recorder.texts(),
+        (0..5).map(|i| format!("oidc-{i}")).collect::<Vec<_>>()
+    );
+
+    let requests = requests.lock().unwrap().clone();
+    let first = requests
+        .first()
+        .expect("librdkafka asked the token endpoint");
+    assert!(
+        first.request_line.starts_with("POST /oauth2/token"),
+        "{first:?}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("svc-orders:{secret}"));
+    assert_eq!(
+        first.authorization.as_deref(),
+        Some(format!("Basic {basic}").as_str())
+    );
+    assert!(
+        first.body.contains("grant_type=client_credentials") && first.body.contains("scope=kafka"),
+        "{first:?}"
+    );
+}

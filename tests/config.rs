@@ -997,3 +997,104 @@ fn producer_acks_may_be_a_bare_number_in_a_file() {
     .unwrap_err();
     assert!(err.to_string().contains("ack"), "{err}");
 }
+
+/// Every configuration type, with a secret in every property map, formats
+/// without it: the maps are one type that redacts by key.
+#[test]
+fn no_configuration_type_prints_a_secret() {
+    let secret = "hunter2-every-map";
+    let mut dlq = DeadLetterPolicy::default();
+    dlq.producer_properties
+        .set("sasl.password", secret)
+        .set("linger.ms", "5");
+    let mut consumer = ConsumerConfig::new("g", ["orders"]);
+    consumer
+        .properties
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("sasl.password", secret)
+        .set("ssl.key.pem", secret)
+        .set("sasl.oauthbearer.client.secret", secret)
+        .set("sasl.jaas.config", secret);
+    consumer.dead_letter = dlq.clone();
+    let mut producer = ProducerConfig::new("127.0.0.1:9092");
+    producer
+        .properties
+        .set("sasl.password", secret)
+        .set("ssl.keystore.password", secret);
+    let builder = kafka_tower::Consumer::builder()
+        .property("sasl.password", secret)
+        .dead_letter(dlq.clone());
+    let built = kafka_tower::Consumer::from_config(consumer.clone()).unwrap();
+    let shown = [
+        format!("{dlq:?}"),
+        format!("{dlq:#?}"),
+        format!("{consumer:?}"),
+        format!("{consumer:#?}"),
+        format!("{producer:?}"),
+        format!("{producer:#?}"),
+        format!("{builder:?}"),
+        format!("{built:?}"),
+        format!("{:?}", consumer.properties),
+    ];
+    for s in &shown {
+        assert!(!s.contains(secret), "secret printed: {s}");
+        assert!(s.contains("sasl.password"), "the key stays visible: {s}");
+    }
+    assert!(shown[0].contains("linger.ms") && shown[0].contains('5'));
+}
+
+/// `Properties::redact` removes every secret property's value from a text
+/// (the runtime passes librdkafka's client-creation errors through it).
+#[test]
+fn redact_removes_secret_values_from_text() {
+    let mut p = kafka_tower::runtime::Properties::new();
+    p.set("sasl.password", "pw-123456")
+        .set("ssl.key.location", "/keys/svc.pem")
+        .set("sasl.username", "alice");
+    let text =
+        r#"Invalid value "pw-123456" for sasl.password; /keys/svc.pem unreadable; user alice"#;
+    assert_eq!(
+        p.redact(text),
+        r#"Invalid value "<redacted>" for sasl.password; <redacted> unreadable; user alice"#
+    );
+}
+
+/// A client that cannot be created fails with an error naming the
+/// property, never quoting a secret.
+#[tokio::test]
+async fn client_creation_errors_name_the_property() {
+    let secret = "/nonexistent/hunter2-key-path.pem";
+
+    let mut producer = ProducerConfig::new("127.0.0.1:1");
+    producer
+        .properties
+        .set("security.protocol", "SSL")
+        .set("ssl.key.location", secret);
+    let err = kafka_tower::runtime::Producer::new(producer)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ssl.key.location"), "{err}");
+    assert!(!err.contains("hunter2"), "secret quoted: {err}");
+
+    let consumer = kafka_tower::Consumer::builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .group_id("g")
+        .topics(["t"])
+        .property("security.protocol", "SSL")
+        .property("ssl.key.location", secret)
+        .dead_letter(DeadLetterPolicy::disabled())
+        .build()
+        .unwrap();
+    let served = consumer
+        .serve(
+            tower::service_fn(|_r: http::Request<kafka_tower::RecordBody>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }),
+            std::future::pending::<()>(),
+        )
+        .await;
+    let err = served.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("ssl.key.location"), "{text}");
+    assert!(!text.contains("hunter2"), "secret quoted: {text}");
+}

@@ -201,7 +201,7 @@ pub struct DeadLetterPolicy {
     /// librdkafka properties of the dead-letter producer, on top of the
     /// consumer's connection properties (`bootstrap.servers`, `security.*`,
     /// `sasl.*`, `ssl.*`, `client.id`).
-    pub producer_properties: BTreeMap<String, PropertyValue>,
+    pub producer_properties: Properties,
 }
 
 impl Default for DeadLetterPolicy {
@@ -211,7 +211,7 @@ impl Default for DeadLetterPolicy {
             suffix: ".dlq".to_owned(),
             topic: None,
             max_error_len: 1024,
-            producer_properties: BTreeMap::new(),
+            producer_properties: Properties::new(),
         }
     }
 }
@@ -328,6 +328,152 @@ impl From<String> for PropertyValue {
     }
 }
 
+/// A map of librdkafka properties (name → value), as every configuration
+/// of the runtime holds them: consumer, producer, dead-letter producer,
+/// streams, audit sink.
+///
+/// Its `Debug` prints `<redacted>` for every property whose name looks
+/// secret ([`is_secret_property`]: `password`, `secret`, `key`, `token`,
+/// `jaas`), and [`Properties::redact`] removes those values from any text
+/// (librdkafka's error messages may quote a value), so a configuration
+/// can be logged whole.
+///
+/// ```
+/// use kafka_tower::runtime::Properties;
+///
+/// let mut p = Properties::new();
+/// p.set("sasl.username", "svc-orders")
+///     .set("sasl.password", "hunter2-hunter2");
+/// let shown = format!("{p:?}");
+/// assert!(shown.contains("svc-orders"));
+/// assert!(!shown.contains("hunter2"));
+/// assert_eq!(p.get_str("sasl.password"), Some("hunter2-hunter2"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(BTreeMap<String, PropertyValue>);
+
+impl Properties {
+    /// No properties.
+    pub fn new() -> Self {
+        Properties(BTreeMap::new())
+    }
+
+    /// Sets a property, returning the value it replaces (as
+    /// `BTreeMap::insert`, which this map replaces in the configuration
+    /// types).
+    pub fn insert(&mut self, name: String, value: PropertyValue) -> Option<PropertyValue> {
+        self.0.insert(name, value)
+    }
+
+    /// Sets a property.
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<PropertyValue>) -> &mut Self {
+        self.0.insert(name.into(), value.into());
+        self
+    }
+
+    /// A property's value.
+    pub fn get(&self, name: &str) -> Option<&PropertyValue> {
+        self.0.get(name)
+    }
+
+    /// A property's value as text.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.0.as_str())
+    }
+
+    /// Whether the property is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Removes a property, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<PropertyValue> {
+        self.0.remove(name)
+    }
+
+    /// The properties, by name.
+    pub fn iter(&self) -> std::collections::btree_map::Iter<'_, String, PropertyValue> {
+        self.0.iter()
+    }
+
+    /// How many properties are set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` with the value of every secret-looking property replaced by
+    /// `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (k, v) in &self.0 {
+            if is_secret_property(k) && !v.0.is_empty() && out.contains(v.0.as_str()) {
+                out = out.replace(v.0.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown: &dyn fmt::Debug = if is_secret_property(k) {
+                    &"<redacted>"
+                } else {
+                    &v.0
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a PropertyValue);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, PropertyValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Properties {
+    type Item = (String, PropertyValue);
+    type IntoIter = std::collections::btree_map::IntoIter<String, PropertyValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<K: Into<String>, V: Into<PropertyValue>> FromIterator<(K, V)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Properties(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl<K: Into<String>, V: Into<PropertyValue>> Extend<(K, V)> for Properties {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        self.0
+            .extend(iter.into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+}
+
+impl From<BTreeMap<String, PropertyValue>> for Properties {
+    fn from(map: BTreeMap<String, PropertyValue>) -> Self {
+        Properties(map)
+    }
+}
+
 /// Everything the consumer runtime needs. See the [module docs](self).
 ///
 /// Its `Debug` output redacts secrets (any property whose name mentions
@@ -376,7 +522,7 @@ pub struct ConsumerConfig {
     pub context: ContextSettings,
     /// librdkafka consumer properties (`bootstrap.servers` is required).
     #[serde(default)]
-    pub properties: BTreeMap<String, PropertyValue>,
+    pub properties: Properties,
 }
 
 fn default_service_id() -> String {
@@ -417,7 +563,7 @@ impl ConsumerConfig {
             retry: RetryPolicy::default(),
             dead_letter: DeadLetterPolicy::default(),
             context: ContextSettings::default(),
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
         }
     }
 
@@ -765,23 +911,6 @@ pub fn is_secret_property(name: &str) -> bool {
         .any(|s| n.contains(s))
 }
 
-struct Redacted<'a>(&'a BTreeMap<String, PropertyValue>);
-
-impl fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| {
-                let shown: &dyn fmt::Debug = if is_secret_property(k) {
-                    &"<redacted>"
-                } else {
-                    &v.0
-                };
-                (k, shown)
-            }))
-            .finish()
-    }
-}
-
 impl fmt::Debug for ConsumerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerConfig")
@@ -795,19 +924,9 @@ impl fmt::Debug for ConsumerConfig {
             .field("commit_interval", &self.commit_interval)
             .field("drain_timeout", &self.drain_timeout)
             .field("retry", &self.retry)
-            .field(
-                "dead_letter",
-                &format_args!(
-                    "DeadLetterPolicy {{ enabled: {}, suffix: {:?}, topic: {:?}, max_error_len: {}, producer_properties: {:?} }}",
-                    self.dead_letter.enabled,
-                    self.dead_letter.suffix,
-                    self.dead_letter.topic,
-                    self.dead_letter.max_error_len,
-                    Redacted(&self.dead_letter.producer_properties)
-                ),
-            )
+            .field("dead_letter", &self.dead_letter)
             .field("context", &self.context)
-            .field("properties", &Redacted(&self.properties))
+            .field("properties", &self.properties)
             .finish()
     }
 }
@@ -925,7 +1044,7 @@ pub struct ProducerConfig {
     pub send_timeout: Duration,
     /// librdkafka producer properties (`bootstrap.servers` is required).
     #[serde(default)]
-    pub properties: BTreeMap<String, PropertyValue>,
+    pub properties: Properties,
 }
 
 fn yes() -> bool {
@@ -946,7 +1065,7 @@ impl Default for ProducerConfig {
             transactional_id: None,
             check_topics: true,
             send_timeout: default_send_timeout(),
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
         }
     }
 }
@@ -962,7 +1081,7 @@ impl fmt::Debug for ProducerConfig {
             .field("transactional_id", &self.transactional_id)
             .field("check_topics", &self.check_topics)
             .field("send_timeout", &self.send_timeout)
-            .field("properties", &Redacted(&self.properties))
+            .field("properties", &self.properties)
             .finish()
     }
 }
@@ -971,10 +1090,8 @@ impl ProducerConfig {
     /// A configuration for `bootstrap_servers` with defaults.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         let mut c = ProducerConfig::default();
-        c.properties.insert(
-            "bootstrap.servers".into(),
-            PropertyValue(bootstrap_servers.into()),
-        );
+        c.properties
+            .set("bootstrap.servers", bootstrap_servers.into());
         c
     }
 

@@ -287,7 +287,14 @@ impl Consumer {
         let dead_letter = if config.dead_letter.enabled {
             Some(
                 DeadLetterWriter::new(&config, access.clone())
-                    .map_err(|e| ConsumerError::new("cannot create the dead-letter producer", e))?,
+                    .map_err(|e| {
+                        let mut all = config.properties.clone();
+                        all.extend(config.dead_letter.producer_properties.clone());
+                        ConsumerError::message(format!(
+                            "cannot create the dead-letter producer (check `dead_letter.producer_properties` and the connection `properties`): {}",
+                            all.redact(&e.to_string())
+                        ))
+                    })?,
             )
         } else {
             None
@@ -360,7 +367,10 @@ impl Consumer {
             .set("enable.auto.offset.store", "false");
         let consumer: Arc<BaseConsumer<RuntimeContext>> =
             Arc::new(cc.create_with_context(context).map_err(|e| {
-                ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
+                ConsumerError::message(format!(
+                    "cannot create the Kafka consumer (check `properties`): {}",
+                    config.properties.redact(&e.to_string())
+                ))
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

@@ -291,7 +291,10 @@ impl Consumer {
                 on_revoked: settings.on_revoked.clone(),
             })
             .map_err(|e| {
-                ConsumerError::new("cannot create the Kafka consumer (check `properties`)", e)
+                ConsumerError::message(format!(
+                    "cannot create the Kafka consumer (check `properties`): {}",
+                    config.properties.redact(&e.to_string())
+                ))
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer

@@ -20,7 +20,7 @@ pub mod transactions;
 pub use access::{ClusterRefused, RefusalKind, WatchedContext};
 pub use config::{
     ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering, ProducerConfig,
-    PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
+    Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};

@@ -180,7 +180,7 @@ impl Producer {
         let producer: FutureProducer<WatchedContext> = config
             .client_config()
             .create_with_context(context)
-            .map_err(|e| ProduceError::Config(e.to_string()))?;
+            .map_err(|e| ProduceError::Config(config.properties.redact(&e.to_string())))?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 producer,

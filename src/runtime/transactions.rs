@@ -170,7 +170,7 @@ impl TransactionalProducer {
         let producer: FutureProducer = config
             .client_config()
             .create()
-            .map_err(|e| TransactionError::Config(e.to_string()))?;
+            .map_err(|e| TransactionError::Config(config.properties.redact(&e.to_string())))?;
         let timeout = Duration::from_secs(30);
         let p = producer.clone();
         tokio::task::spawn_blocking(move || p.init_transactions(timeout))

@@ -11,6 +11,7 @@
 //! a topic needs no other service; its limit is staleness — during a
 //! rebalance an answer may name the previous owner (see the crate docs).
 
+use kafka_tower::runtime::Properties;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,7 +39,7 @@ pub(crate) struct Hosts {
     stop: Arc<AtomicBool>,
     started: AtomicBool,
     bootstrap: String,
-    properties: HashMap<String, String>,
+    properties: Properties,
 }
 
 impl Drop for Hosts {
@@ -53,7 +54,7 @@ impl Hosts {
         instance_id: String,
         host: Option<String>,
         bootstrap: String,
-        properties: HashMap<String, String>,
+        properties: Properties,
     ) -> Self {
         Hosts {
             topic,
@@ -76,7 +77,7 @@ impl Hosts {
     fn client_config(&self) -> ClientConfig {
         let mut cc = ClientConfig::new();
         for (k, v) in &self.properties {
-            cc.set(k, v);
+            cc.set(k, &v.0);
         }
         cc.set("bootstrap.servers", &self.bootstrap);
         cc

@@ -1,6 +1,6 @@
 //! Restoring a store partition from its changelog.
 
-use std::collections::HashMap;
+use kafka_tower::runtime::Properties;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// read), a valid checkpoint.
 pub(crate) fn restore_partition(
     bootstrap: &str,
-    properties: &HashMap<String, String>,
+    properties: &Properties,
     changelog: &str,
     partition: i32,
     from: Option<i64>,
@@ -28,7 +28,7 @@ pub(crate) fn restore_partition(
 ) -> Result<i64, String> {
     let mut cc = ClientConfig::new();
     for (k, v) in properties {
-        cc.set(k, v);
+        cc.set(k, &v.0);
     }
     cc.set("bootstrap.servers", bootstrap)
         .set("group.id", "kafka-tower-streams-restore")

@@ -1,6 +1,7 @@
 //! [`Streams`]: the stores of one application instance, wired into the
 //! exactly-once runtime.
 
+use kafka_tower::runtime::Properties;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -64,7 +65,7 @@ struct StoreEntry {
 struct Inner {
     application: String,
     bootstrap: String,
-    properties: HashMap<String, String>,
+    properties: Properties,
     kind: StoreKind,
     stats: Arc<StoreStats>,
     /// By source topic.
@@ -105,7 +106,7 @@ impl fmt::Debug for Streams {
 pub struct StreamsBuilder {
     application: String,
     bootstrap: String,
-    properties: HashMap<String, String>,
+    properties: Properties,
     kind: StoreKind,
     stores: Vec<(String, String)>,
     internal_topics: Vec<(String, Option<i32>, bool)>,
@@ -144,7 +145,7 @@ impl StreamsBuilder {
     /// A librdkafka property for the restore, admin and hosts clients
     /// (security settings, typically).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.properties.insert(key.into(), value.into());
+        self.properties.set(key, value.into());
         self
     }
 
@@ -261,7 +262,7 @@ impl Streams {
         StreamsBuilder {
             application: application.into(),
             bootstrap: bootstrap.into(),
-            properties: HashMap::new(),
+            properties: Properties::new(),
             kind: StoreKind::InMemory,
             stores: Vec::new(),
             internal_topics: Vec::new(),
@@ -306,7 +307,7 @@ impl Streams {
     fn client_config(&self) -> ClientConfig {
         let mut cc = ClientConfig::new();
         for (k, v) in &self.inner.properties {
-            cc.set(k, v);
+            cc.set(k, &v.0);
         }
         cc.set("bootstrap.servers", &self.inner.bootstrap);
         cc
@@ -889,5 +890,23 @@ where
             .map_err(|e| -> BoxError { e.to_string().into() })?;
             Ok(res)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_never_prints_a_secret_property() {
+        let builder = Streams::builder("app", "127.0.0.1:9092")
+            .property("sasl.username", "svc-streams")
+            .property("sasl.password", "streams-hunter2")
+            .property("ssl.key.password", "streams-keypass");
+        for shown in [format!("{builder:?}"), format!("{builder:#?}")] {
+            assert!(shown.contains("svc-streams"), "{shown}");
+            assert!(!shown.contains("streams-hunter2"), "{shown}");
+            assert!(!shown.contains("streams-keypass"), "{shown}");
+        }
     }
 }
