@@ -14,6 +14,7 @@
 #                                 validator: unsigned JWTs with sub and exp)
 #                               KAFKA_SSL_BOOTSTRAP_SERVERS  SSL with client
 #                                 certificates required (mTLS)
+#                               KAFKA_LOG_DIR  the broker's log.dirs
 #                               KAFKA_TLS_DIR  the certificates, made at
 #                                 start: ca.pem (the broker's CA),
 #                                 client.pem/.key (signed by it),
@@ -88,21 +89,25 @@ make_certificates() {
   command -v openssl >/dev/null || { echo "kafka.sh: openssl is required to make the test certificates" >&2; exit 1; }
   rm -rf "$tls"
   mkdir -p "$tls/ca-db"
+  # `set -e` holds inside the subshell only when its status is not tested,
+  # so a failure is reported by the ERR trap (and then ends the script).
+  trap 'echo "kafka.sh: making the test certificates failed; see $tls/openssl.log" >&2' ERR
   (
     cd "$tls"
-    key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null; }
+    exec 2>>openssl.log
+    key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=$2"; }
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
-      -days 30 -subj "/CN=kafka-tower test CA" 2>/dev/null
+      -days 30 -subj "/CN=kafka-tower test CA"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout other-ca.key -out other-ca.pem \
-      -days 30 -subj "/CN=kafka-tower unrelated CA" 2>/dev/null
+      -days 30 -subj "/CN=kafka-tower unrelated CA"
     key broker localhost
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > broker.ext
     openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-      -extfile broker.ext -out broker.pem 2>/dev/null
+      -extfile broker.ext -out broker.pem
     openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
       -passout "pass:$KEYSTORE_PASSWORD" -out broker.p12
     key client kafka-tower-client
-    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -out client.pem 2>/dev/null
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -out client.pem
     # `openssl x509` cannot back-date; `openssl ca` can.
     key expired-client kafka-tower-expired-client
     touch ca-db/index.txt
@@ -121,16 +126,22 @@ policy = any
 commonName = supplied
 CNF
     openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired-client.csr -out expired-client.pem \
-      -startdate 20200101000000Z -enddate 20200102000000Z -notext 2>/dev/null
+      -startdate 20200101000000Z -enddate 20200102000000Z -notext
     rm -f ./*.csr
-  ) || { echo "kafka.sh: making the test certificates failed" >&2; exit 1; }
+  )
+  trap - ERR
 }
 
 start() {
   fetch
   if [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; then
-    cat "$DIR/addresses"
-    return 0
+    if [ -f "$DIR/addresses" ]; then
+      cat "$DIR/addresses"
+      return 0
+    fi
+    # Started by an older version of this script, without the secured
+    # listeners: start afresh.
+    stop
   fi
   rm -rf "$DIR/data" "$DIR/tmp"
   mkdir -p "$DIR/data" "$DIR/tmp"
@@ -199,6 +210,7 @@ KAFKA_SSL_BOOTSTRAP_SERVERS=127.0.0.1:$tport
 KAFKA_SCRAM_USER=$SCRAM_USER
 KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD
 KAFKA_TLS_DIR=$DIR/tls
+KAFKA_LOG_DIR=$DIR/data
 ADDR
   # The client port opens only once the broker is registered and unfenced.
   local deadline=$((SECONDS + 120))

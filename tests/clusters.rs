@@ -318,10 +318,7 @@ async fn the_producer_writes_every_codec() {
 /// of `topic`, read from its log segment with Apache Kafka's
 /// DumpLogSegments tool.
 fn batch_codecs(topic: &str) -> Vec<String> {
-    let segment = format!(
-        "{}/../data/{topic}-0/00000000000000000000.log",
-        tls_file("")
-    );
+    let segment = format!("{}/{topic}-0/00000000000000000000.log", broker_log_dir());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
     let out = Command::new(script)
         .args(["tool", "kafka.tools.DumpLogSegments", "--files", &segment])
@@ -504,4 +501,29 @@ properties:
         first.body.contains("grant_type=client_credentials") && first.body.contains("scope=kafka"),
         "{first:?}"
     );
+}
+
+/// The transactional producer (and so `serve_exactly_once`) fails with the
+/// refusal instead of waiting out `init_transactions`.
+#[tokio::test]
+async fn a_transactional_producer_with_a_wrong_password_fails_fast() {
+    let wrong = "not-the-password-txn";
+    let mut config = txn_producer(&unique("txn"));
+    for (k, v) in sasl_ssl_properties(wrong) {
+        config = config.property(k, v);
+    }
+    let created = tokio::time::timeout(
+        REFUSED_WITHIN,
+        kafka_tower::runtime::TransactionalProducer::new(config),
+    )
+    .await
+    .expect("refused before init_transactions times out");
+    match created {
+        Err(kafka_tower::runtime::TransactionError::Refused(r)) => {
+            assert_eq!(r.kind(), RefusalKind::Authentication);
+            assert!(!r.to_string().contains(wrong));
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, the producer started"),
+    }
 }

@@ -10,22 +10,8 @@ use std::time::{Duration, Instant};
 use kafka_tower_testkit::*;
 
 fn example_binary(name: &str) -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .status()
-        .expect("cargo build --example");
-    assert!(status.success(), "building the {name} example failed");
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(bin.exists(), "example binary at {}", bin.display());
-    bin
+    let features = enabled_features!("runtime", "ssl", "ssl-vendored", "gssapi", "zstd", "oidc");
+    build_example("kafka-tower", name, &features)
 }
 
 struct Processor {

@@ -10,17 +10,8 @@ use kafka_tower_testkit::*;
 
 /// The `worker` example binary, built on demand.
 fn worker_binary() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", "worker"])
-        .status()
-        .expect("cargo build --example worker");
-    assert!(status.success(), "building the worker example failed");
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("worker");
-    assert!(bin.exists(), "worker binary at {}", bin.display());
-    bin
+    let features = enabled_features!("runtime", "ssl", "ssl-vendored", "gssapi", "zstd", "oidc");
+    build_example("kafka-tower", "worker", &features)
 }
 
 struct Worker {

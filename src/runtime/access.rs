@@ -14,12 +14,16 @@
 //! only an OpenSSL error or a TLS alert in the handshake, and a SASL
 //! authentication error, are.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+
+use super::config::{is_secret_property, Properties};
 
 /// What the cluster refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +66,7 @@ impl ClusterRefused {
     }
 
     /// librdkafka's description of the failure, with the broker's address
-    /// (never a secret: librdkafka does not put credentials in it).
+    /// (the values of the client's secret properties scrubbed).
     pub fn reason(&self) -> &str {
         &self.reason
     }
@@ -89,7 +93,17 @@ impl std::error::Error for ClusterRefused {}
 
 /// Classifies one line librdkafka reports about a broker connection.
 fn classify(text: &str) -> Option<RefusalKind> {
-    if text.contains("SASL authentication error") || text.contains("Authentication failed") {
+    // The broker's answer: "SASL authentication error: Authentication
+    // failed during authentication due to invalid credentials …". Not a
+    // local failure on the way ("SASL authentication error:
+    // SaslAuthenticateRequest failed: Local: Broker transport failure",
+    // a broker restarting), nor a token the client could not fetch
+    // ("Failed to acquire SASL OAUTHBEARER token", an identity provider
+    // outage).
+    if text.contains("SASL authentication error") && !text.contains("Local:") {
+        return Some(RefusalKind::Authentication);
+    }
+    if text.contains("Unsupported SASL mechanism") {
         return Some(RefusalKind::Authentication);
     }
     // "SSL handshake failed: error:0A000086:SSL routines::certificate
@@ -106,53 +120,94 @@ fn classify(text: &str) -> Option<RefusalKind> {
     None
 }
 
+/// How long a refusal counts after librdkafka last reported it. librdkafka
+/// retries a refused connection at least every `reconnect.backoff.max.ms`
+/// (10 s by default) and reports each failure again; a refusal not reported
+/// for this long has been fixed (a password reset on the broker, say).
+const REFUSAL_FRESH: Duration = Duration::from_secs(30);
+
 /// What one client has seen of refusals; shared by its librdkafka
 /// callbacks (any thread) and its users.
 #[derive(Default)]
 pub(crate) struct AccessWatch {
-    refused: OnceLock<ClusterRefused>,
-    /// The last connection failure librdkafka logged, for an error event
-    /// that carries only a code.
-    last_failure: Mutex<Option<String>>,
+    refused: Mutex<Option<(ClusterRefused, Instant)>>,
+    /// The values of the client's secret properties, scrubbed from every
+    /// text librdkafka reports before it is logged or kept.
+    secrets: Vec<String>,
     changed: tokio::sync::Notify,
 }
 
 impl AccessWatch {
-    /// The refusal, once there is one.
-    pub(crate) fn refused(&self) -> Option<&ClusterRefused> {
-        self.refused.get()
+    /// A watch for a client configured with `properties` (whose secret
+    /// values it scrubs from librdkafka's texts).
+    pub(crate) fn new<'a>(properties: impl IntoIterator<Item = &'a Properties>) -> Self {
+        let mut secrets: Vec<String> = properties
+            .into_iter()
+            .flat_map(|p| p.iter())
+            .filter(|(k, v)| is_secret_property(k) && !v.0.is_empty())
+            .map(|(_, v)| v.0.clone())
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        AccessWatch {
+            secrets,
+            ..Default::default()
+        }
     }
 
-    /// Waits until the client is refused.
+    fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = Cow::Owned(out.replace(s.as_str(), "<redacted>"));
+            }
+        }
+        out
+    }
+
+    /// The refusal, if librdkafka reported one lately.
+    pub(crate) fn refused(&self) -> Option<ClusterRefused> {
+        let state = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match &*state {
+            Some((r, at)) if at.elapsed() < REFUSAL_FRESH => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the client is refused (again).
     pub(crate) async fn wait_refused(&self) -> ClusterRefused {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(r) = self.refused.get() {
-                return r.clone();
+            if let Some(r) = self.refused() {
+                return r;
             }
             notified.await;
         }
     }
 
     fn refuse(&self, kind: RefusalKind, reason: &str) {
-        let first = self
-            .refused
-            .set(ClusterRefused {
+        let mut state = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = matches!(&*state, Some((_, at)) if at.elapsed() < REFUSAL_FRESH);
+        if !fresh {
+            tracing::error!(reason, ?kind, "the Kafka cluster refused this client");
+        }
+        *state = Some((
+            ClusterRefused {
                 kind,
                 reason: reason.to_owned(),
-            })
-            .is_ok();
-        if first {
-            tracing::error!(reason, ?kind, "the Kafka cluster refused this client");
-            self.changed.notify_waiters();
-        }
+            },
+            Instant::now(),
+        ));
+        drop(state);
+        self.changed.notify_waiters();
     }
 
-    /// librdkafka's log callback: forwards to `tracing` and watches
-    /// connection failures.
+    /// librdkafka's log callback: forwards to `tracing` (secrets scrubbed)
+    /// and watches connection failures.
     pub(crate) fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let message = self.scrub(message);
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -167,53 +222,31 @@ impl AccessWatch {
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
         }
         if fac == "FAIL" || fac == "ERROR" {
-            if let Some(kind) = classify(message) {
-                self.refuse(kind, message);
-            } else {
-                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(message.to_owned());
+            if let Some(kind) = classify(&message) {
+                self.refuse(kind, &message);
             }
         }
     }
 
-    /// librdkafka's error callback (producers) with its reason text.
+    /// librdkafka's error callback, with its reason text (consumers' error
+    /// events reach it too).
     pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
-        if let Some(kind) = classify(reason).or_else(|| kind_of_code(error)) {
-            self.refuse(kind, reason);
-        }
-    }
-
-    /// An error event a consumer polled, which carries only a code.
-    pub(crate) fn consumer_error(&self, error: &KafkaError) {
-        if self.refused.get().is_some() {
-            return;
-        }
-        if let Some(kind) = kind_of_code(error) {
-            let last = self
-                .last_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            match last.as_deref().and_then(|l| classify(l).map(|_| l)) {
-                Some(text) => self.refuse(kind, text),
-                // Authentication errors are refusals whatever the text;
-                // a TLS error only with the handshake's reason.
-                None if kind == RefusalKind::Authentication => {
-                    self.refuse(kind, &last.unwrap_or_else(|| error.to_string()))
-                }
-                None => {}
-            }
+        let reason = self.scrub(reason);
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+        if let Some(kind) = classify(&reason).or_else(|| kind_of_code(error)) {
+            self.refuse(kind, &reason);
         }
     }
 }
 
 /// The rdkafka client context of the runtime's producers (the
-/// [`Producer`](super::Producer) and the dead-letter producer): librdkafka's
-/// logs go to `tracing` (target `librdkafka`), and a refusal by the cluster
-/// is noticed (see the [module docs](self)).
+/// [`Producer`](super::Producer), the dead-letter producer and the
+/// [`TransactionalProducer`](super::TransactionalProducer)): librdkafka's
+/// logs go to `tracing` (target `librdkafka`, secrets scrubbed), and a
+/// refusal by the cluster is noticed (see the [module docs](self)).
 #[derive(Clone, Default)]
 pub struct WatchedContext {
-    pub(crate) access: std::sync::Arc<AccessWatch>,
+    pub(crate) access: Arc<AccessWatch>,
 }
 
 impl fmt::Debug for WatchedContext {
@@ -225,8 +258,12 @@ impl fmt::Debug for WatchedContext {
 }
 
 impl WatchedContext {
-    /// The refusal this client met, if any.
-    pub fn refused(&self) -> Option<&ClusterRefused> {
+    pub(crate) fn new(access: Arc<AccessWatch>) -> Self {
+        WatchedContext { access }
+    }
+
+    /// The refusal this client met, if librdkafka reported it lately.
+    pub fn refused(&self) -> Option<ClusterRefused> {
         self.access.refused()
     }
 }
@@ -237,17 +274,16 @@ impl rdkafka::ClientContext for WatchedContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::error!(target: "librdkafka", error = %error, "{reason}");
         self.access.error(&error, reason);
     }
 }
 
+/// The broker's own refusals: codes it answers with, not local failures.
 fn kind_of_code(error: &KafkaError) -> Option<RefusalKind> {
     match error.rdkafka_error_code()? {
-        RDKafkaErrorCode::Authentication
-        | RDKafkaErrorCode::SaslAuthenticationFailed
-        | RDKafkaErrorCode::UnsupportedSASLMechanism
-        | RDKafkaErrorCode::IllegalSASLState => Some(RefusalKind::Authentication),
+        RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::UnsupportedSASLMechanism => {
+            Some(RefusalKind::Authentication)
+        }
         _ => None,
     }
 }
@@ -260,60 +296,87 @@ mod tests {
     fn classifies_librdkafka_failures() {
         let auth = "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 5ms in state AUTH_REQ)";
         assert_eq!(classify(auth), Some(RefusalKind::Authentication));
+        let mechanism = "sasl_ssl://127.0.0.1:9094/bootstrap: SASL SCRAM-SHA-256 mechanism handshake failed: Broker: Unsupported SASL mechanism: broker's supported mechanisms: SCRAM-SHA-512";
+        assert_eq!(classify(mechanism), Some(RefusalKind::Authentication));
         let ca = "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 3ms in state SSL_HANDSHAKE)";
         assert_eq!(classify(ca), Some(RefusalKind::Tls));
         let alert = "ssl://127.0.0.1:9095/bootstrap: Receive failed: error:0A000416:SSL routines::sslv3 alert certificate unknown: SSL alert number 46 (after 0ms in state APIVERSION_QUERY)";
         assert_eq!(classify(alert), Some(RefusalKind::Tls));
-        let eof = "ssl://127.0.0.1:9095/bootstrap: Receive failed: error:0A000126:SSL routines::unexpected eof while reading (after 2ms in state UP)";
-        assert_eq!(classify(eof), None);
-        let restart = "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener? (after 1ms in state SSL_HANDSHAKE)";
-        assert_eq!(classify(restart), None);
-        let down = "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state CONNECT)";
-        assert_eq!(classify(down), None);
+        // What a restarting broker or an identity-provider outage causes:
+        // retried, not refusals.
+        for transient in [
+            "ssl://127.0.0.1:9095/bootstrap: Receive failed: error:0A000126:SSL routines::unexpected eof while reading (after 2ms in state UP)",
+            "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener? (after 1ms in state SSL_HANDSHAKE)",
+            "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state CONNECT)",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: SaslAuthenticateRequest failed: Local: Broker transport failure (after 12ms in state AUTH_REQ)",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: SaslAuthenticateRequest failed: Local: Timed out (after 10003ms in state AUTH_REQ)",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL SCRAM-SHA-512 mechanism handshake failed: Local: Broker transport failure",
+            "Failed to acquire SASL OAUTHBEARER token: Failed to retrieve OIDC token from \"https://idp/token\": 503",
+        ] {
+            assert_eq!(classify(transient), None, "{transient}");
+        }
     }
 
     #[test]
-    fn a_consumer_error_code_uses_the_logged_reason() {
+    fn only_the_brokers_refusal_codes_count() {
         let w = AccessWatch::default();
-        w.log(
-            RDKafkaLogLevel::Error,
-            "FAIL",
-            "b/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused",
+        w.error(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "Failed to initialize SASL authentication: SASL handshake failed (start (-4)): SASL(-4): no mechanism available",
         );
-        assert!(w.refused().is_none());
-        w.consumer_error(&KafkaError::MessageConsumption(
-            RDKafkaErrorCode::Authentication,
-        ));
-        let r = w
-            .refused()
-            .expect("an authentication error code is a refusal");
+        assert!(
+            w.refused().is_none(),
+            "a local __AUTHENTICATION is not the broker's answer"
+        );
+        w.error(
+            &KafkaError::Global(RDKafkaErrorCode::SaslAuthenticationFailed),
+            "Broker: SASL Authentication failed",
+        );
+        let r = w.refused().expect("the broker's code 58 is a refusal");
         assert_eq!(r.kind(), RefusalKind::Authentication);
         assert!(r.to_string().contains("sasl.password"), "{r}");
     }
 
     #[test]
-    fn the_first_refusal_is_kept_and_wakes_waiters() {
+    fn secrets_are_scrubbed_from_what_librdkafka_reports() {
+        let mut p = Properties::new();
+        p.set("sasl.password", "pw-9f3e")
+            .set("sasl.username", "alice");
+        let w = AccessWatch::new([&p]);
+        w.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "b: SASL authentication error: bad password pw-9f3e for alice",
+        );
+        let r = w.refused().unwrap();
+        assert!(!r.reason().contains("pw-9f3e"), "{}", r.reason());
+        assert!(r.reason().contains("alice"), "{}", r.reason());
+    }
+
+    #[test]
+    fn a_waiter_parked_before_the_refusal_is_woken() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let w = std::sync::Arc::new(AccessWatch::default());
+        let w = Arc::new(AccessWatch::default());
         let waiter = {
             let w = w.clone();
             rt.spawn(async move { w.wait_refused().await })
         };
+        // Let the waiter run until it parks on the notification.
+        rt.block_on(async {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(!waiter.is_finished());
         w.log(
             RDKafkaLogLevel::Error,
             "FAIL",
             "x: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed",
         );
-        w.log(
-            RDKafkaLogLevel::Error,
-            "FAIL",
-            "x: SASL authentication error: Authentication failed",
-        );
         let got = rt.block_on(waiter).unwrap();
         assert_eq!(got.kind(), RefusalKind::Tls);
-        assert_eq!(w.refused().unwrap().kind(), RefusalKind::Tls);
     }
 }

@@ -906,9 +906,16 @@ fn scalar(raw: &str) -> Value {
 /// Whether a librdkafka property holds a secret and must never be printed.
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "key", "token", "jaas"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "password",
+        "secret",
+        "key",
+        "token",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 impl fmt::Debug for ConsumerConfig {

@@ -203,7 +203,15 @@ impl ConsumerError {
     /// The cluster's refusal (credentials, TLS) that stopped the consumer,
     /// if that is why it stopped.
     pub fn refused(&self) -> Option<&ClusterRefused> {
-        self.source.as_deref()?.downcast_ref()
+        let mut cause: Option<&(dyn std::error::Error + 'static)> =
+            self.source.as_deref().map(|e| e as _);
+        while let Some(e) = cause {
+            if let Some(r) = e.downcast_ref::<ClusterRefused>() {
+                return Some(r);
+            }
+            cause = e.source();
+        }
+        None
     }
 }
 
@@ -283,7 +291,10 @@ impl Consumer {
         let stats = self.stats;
         let handle = tokio::runtime::Handle::current();
 
-        let access = Arc::new(AccessWatch::default());
+        let access = Arc::new(AccessWatch::new([
+            &config.properties,
+            &config.dead_letter.producer_properties,
+        ]));
         let dead_letter = if config.dead_letter.enabled {
             Some(
                 DeadLetterWriter::new(&config, access.clone())
@@ -481,7 +492,6 @@ impl ClientContext for RuntimeContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::error!(target: "librdkafka", error = %error, "{reason}");
         self.access.error(&error, reason);
     }
 
@@ -817,10 +827,8 @@ fn poll_loop(
                 ));
                 break;
             }
-            Some(Err(e)) => {
-                context.access.consumer_error(&e);
-                tracing::warn!(error = %e, "consumer error");
-            }
+            // Reported (and watched for refusals) by the error callback.
+            Some(Err(e)) => tracing::debug!(error = %e, "consumer error event"),
         }
     }
     // Shutdown: stop the lanes, let in-flight records finish, commit.

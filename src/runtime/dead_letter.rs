@@ -104,7 +104,7 @@ impl DeadLetterWriter {
             cc.set(k, &v.0);
         }
         Ok(DeadLetterWriter {
-            producer: cc.create_with_context(WatchedContext { access })?,
+            producer: cc.create_with_context(WatchedContext::new(access))?,
             policy: config.dead_letter.clone(),
             service_id: config.service_id.as_str().into(),
             group: config.group_id.as_str().into(),

@@ -201,7 +201,6 @@ impl ClientContext for EosContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::error!(target: "librdkafka", error = %error, "{reason}");
         self.access.error(&error, reason);
     }
 }
@@ -243,6 +242,7 @@ impl From<TransactionError> for BatchError {
         match e {
             TransactionError::Fenced(_)
             | TransactionError::Fatal(_)
+            | TransactionError::Refused(_)
             | TransactionError::Config(_) => BatchError::Fatal(e.to_string()),
             other => BatchError::Retry(other.to_string()),
         }
@@ -285,7 +285,7 @@ impl Consumer {
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer<EosContext> = cc
             .create_with_context(EosContext {
-                access: AccessWatch::default(),
+                access: AccessWatch::new([&config.properties]),
                 revoked: Mutex::default(),
                 on_assigned: settings.on_assigned.clone(),
                 on_revoked: settings.on_revoked.clone(),
@@ -394,7 +394,7 @@ impl<S: RecordService> EosRun<'_, S> {
         let mut first_at: Option<Instant> = None;
         while batch.len() < self.settings.max_batch && !stop.load(Relaxed) {
             if let Some(refused) = self.consumer.context().access.refused() {
-                return Err(ConsumerError::new("cannot consume", refused.clone()));
+                return Err(ConsumerError::new("cannot consume", refused));
             }
             let timeout = match first_at {
                 None => Duration::from_millis(100),
@@ -425,10 +425,8 @@ impl<S: RecordService> EosRun<'_, S> {
                         KafkaError::MessageConsumptionFatal(code),
                     ));
                 }
-                Some(Err(e)) => {
-                    self.consumer.context().access.consumer_error(&e);
-                    tracing::warn!(error = %e, "consumer error");
-                }
+                // Reported (and watched for refusals) by the error callback.
+                Some(Err(e)) => tracing::debug!(error = %e, "consumer error event"),
                 None if first_at.is_some() => break,
                 None => {}
             }

@@ -46,6 +46,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::{Method, Request};
 use http_body_util::BodyExt as _;
 use rdkafka::error::KafkaError;
+use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use tower::Service;
@@ -206,34 +207,40 @@ impl Producer {
     pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, ProduceError> {
         validate_record(&record, self.inner.max_message_bytes)?;
         let access = &self.inner.access;
+        let refused_or = |e: ProduceError| match access.refused() {
+            // A lookup or delivery that failed because of the refusal.
+            Some(r) => ProduceError::Refused(r),
+            None => e,
+        };
         if let Some(r) = access.refused() {
-            return Err(ProduceError::Refused(r.clone()));
+            return Err(ProduceError::Refused(r));
         }
-        let send = async {
-            if self.inner.check_topics {
-                self.ensure_topic(&record.topic).await?;
+        if self.inner.check_topics {
+            tokio::select! {
+                biased;
+                checked = self.ensure_topic(&record.topic) => checked.map_err(refused_or)?,
+                // Nothing was queued yet.
+                refused = access.wait_refused() => return Err(ProduceError::Refused(refused)),
             }
-            send_with(&self.inner.producer, &record, self.inner.send_timeout).await
-        };
-        let result = tokio::select! {
+        }
+        let delivery = enqueue(&self.inner.producer, &record, self.inner.send_timeout)
+            .await
+            .map_err(refused_or)?;
+        let mut delivery = std::pin::pin!(delivery);
+        let answer = tokio::select! {
             biased;
-            result = send => result,
-            refused = access.wait_refused() => Err(ProduceError::Refused(refused)),
-        };
-        match result {
-            Err(e) if !matches!(e, ProduceError::Refused(_)) => match access.refused() {
-                // A lookup or delivery that failed because of the refusal.
-                Some(r) => Err(ProduceError::Refused(r.clone())),
-                None => Err(e),
-            },
-            Err(e) => {
-                self.inner
-                    .producer
-                    .purge(rdkafka::producer::PurgeConfig::default().queue());
-                Err(e)
+            answer = &mut delivery => answer,
+            _ = access.wait_refused() => {
+                // Records still queued are purged, so that none is sent
+                // later behind the caller's back; one already in flight
+                // gets the broker's answer, which is what is returned.
+                self.inner.producer.purge(
+                    rdkafka::producer::PurgeConfig::default().queue().non_blocking(),
+                );
+                delivery.await
             }
-            ok => ok,
-        }
+        };
+        delivered(answer, &record).map_err(refused_or)
     }
 
     /// Waits until every queued record is delivered (or `timeout` passes).
@@ -339,6 +346,20 @@ pub(crate) async fn send_with<C>(
 where
     C: rdkafka::ClientContext + 'static,
 {
+    let delivery = enqueue(producer, record, queue_timeout).await?;
+    delivered(delivery.await, record)
+}
+
+/// Puts `record` in the producer's queue, waiting up to `queue_timeout`
+/// while the queue is full; the future resolves with the broker's answer.
+async fn enqueue<C>(
+    producer: &FutureProducer<C>,
+    record: &OutgoingRecord,
+    queue_timeout: Duration,
+) -> Result<DeliveryFuture, ProduceError>
+where
+    C: rdkafka::ClientContext + 'static,
+{
     let mut fr: FutureRecord<'_, [u8], [u8]> =
         FutureRecord::to(&record.topic).headers(write_headers(&record.headers));
     if let Some(k) = &record.key {
@@ -353,22 +374,49 @@ where
     if let Some(t) = record.timestamp {
         fr = fr.timestamp(t);
     }
-    match producer.send(fr, queue_timeout).await {
-        Ok(d) => Ok(Delivery {
+    let started = std::time::Instant::now();
+    loop {
+        match producer.send_result(fr) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if started.elapsed() < queue_timeout =>
+            {
+                fr = back;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((e, _)) => return Err(produce_error(e, record)),
+        }
+    }
+}
+
+/// The broker's answer to one record.
+fn delivered<Canceled>(
+    answer: Result<OwnedDeliveryResult, Canceled>,
+    record: &OutgoingRecord,
+) -> Result<Delivery, ProduceError> {
+    match answer {
+        Ok(Ok(d)) => Ok(Delivery {
             topic: record.topic.clone(),
             partition: d.partition,
             offset: d.offset,
         }),
-        Err((e, _)) => Err(match e.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge {
-                size: record.payload.as_ref().map_or(0, |p| p.len()),
-                limit: usize::MAX,
-            },
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-                ProduceError::UnknownTopic(record.topic.clone())
-            }
-            _ => ProduceError::Kafka(e),
-        }),
+        Ok(Err((e, _))) => Err(produce_error(e, record)),
+        // The producer holds the sender until it reports; it cannot go away
+        // while a send borrows it.
+        Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+    }
+}
+
+fn produce_error(e: KafkaError, record: &OutgoingRecord) -> ProduceError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge {
+            size: record.payload.as_ref().map_or(0, |p| p.len()),
+            limit: usize::MAX,
+        },
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            ProduceError::UnknownTopic(record.topic.clone())
+        }
+        _ => ProduceError::Kafka(e),
     }
 }
 

@@ -31,6 +31,8 @@ use futures_util::future::join_all;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
+
+use super::access::{AccessWatch, ClusterRefused, WatchedContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +62,8 @@ pub enum TransactionError {
     /// The call was invalid in the current state (e.g. `commit` without
     /// `begin`).
     State(String),
+    /// The cluster refused the producer's credentials or TLS handshake.
+    Refused(ClusterRefused),
 }
 
 impl fmt::Display for TransactionError {
@@ -81,6 +85,7 @@ impl fmt::Display for TransactionError {
                 "fatal producer error, the producer must be re-created: {m}"
             ),
             TransactionError::State(m) => write!(f, "invalid transaction state: {m}"),
+            TransactionError::Refused(e) => write!(f, "{e}"),
         }
     }
 }
@@ -89,6 +94,7 @@ impl std::error::Error for TransactionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TransactionError::Invalid(e) => Some(e),
+            TransactionError::Refused(e) => Some(e),
             _ => None,
         }
     }
@@ -132,7 +138,7 @@ fn classify(e: KafkaError) -> TransactionError {
 /// One transaction at a time; the methods take `&self` so that records of
 /// the open transaction can be sent concurrently.
 pub struct TransactionalProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<WatchedContext>,
     config: ProducerConfig,
     max_message_bytes: usize,
     timeout: Duration,
@@ -167,16 +173,22 @@ impl TransactionalProducer {
                 "transactions need `idempotence: true`".into(),
             ));
         }
-        let producer: FutureProducer = config
+        let access = Arc::new(AccessWatch::new([&config.properties]));
+        let producer: FutureProducer<WatchedContext> = config
             .client_config()
-            .create()
+            .create_with_context(WatchedContext::new(access.clone()))
             .map_err(|e| TransactionError::Config(config.properties.redact(&e.to_string())))?;
         let timeout = Duration::from_secs(30);
         let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
-            .await
-            .map_err(|e| TransactionError::Fatal(e.to_string()))?
-            .map_err(classify)?;
+        let init = tokio::task::spawn_blocking(move || p.init_transactions(timeout));
+        tokio::select! {
+            biased;
+            done = init => done
+                .map_err(|e| TransactionError::Fatal(e.to_string()))?
+                .map_err(classify)?,
+            // init_transactions would wait out its timeout.
+            refused = access.wait_refused() => return Err(TransactionError::Refused(refused)),
+        }
         Ok(TransactionalProducer {
             max_message_bytes: config.max_message_bytes(),
             producer,

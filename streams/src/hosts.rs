@@ -93,7 +93,9 @@ impl Hosts {
                 .client_config()
                 .set("linger.ms", "0")
                 .create()
-                .map_err(|e| format!("hosts producer: {e}"))?;
+                .map_err(|e| {
+                    format!("hosts producer: {}", self.properties.redact(&e.to_string()))
+                })?;
             *self.producer.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
         let consumer: BaseConsumer = self
@@ -101,13 +103,13 @@ impl Hosts {
             .set("group.id", "kafka-tower-streams-hosts")
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|e| format!("hosts reader: {e}"))?;
+            .map_err(|e| format!("hosts reader: {}", self.properties.redact(&e.to_string())))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
             .map_err(|e| e.to_string())?;
         consumer
             .assign(&tpl)
-            .map_err(|e| format!("hosts reader: {e}"))?;
+            .map_err(|e| format!("hosts reader: {}", self.properties.redact(&e.to_string())))?;
         let table = self.table.clone();
         let stop = self.stop.clone();
         std::thread::Builder::new()

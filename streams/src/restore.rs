@@ -38,7 +38,9 @@ pub(crate) fn restore_partition(
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.min.messages", "200000");
-    let consumer: BaseConsumer = cc.create().map_err(|e| format!("restore consumer: {e}"))?;
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(|e| format!("restore consumer: {}", properties.redact(&e.to_string())))?;
     let (low, high) = consumer
         .fetch_watermarks(changelog, partition, Duration::from_secs(30))
         .map_err(|e| format!("watermarks of {changelog}[{partition}]: {e}"))?;

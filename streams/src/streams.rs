@@ -320,9 +320,12 @@ impl Streams {
     pub async fn prepare(&self) -> Result<(), StreamsError> {
         let sources: Vec<String> = self.inner.stores.keys().cloned().collect();
         let cc = self.client_config();
+        let properties = self.inner.properties.clone();
         let counts =
             tokio::task::spawn_blocking(move || -> Result<HashMap<String, i32>, StreamsError> {
-                let consumer: BaseConsumer = cc.create().map_err(error)?;
+                let consumer: BaseConsumer = cc
+                    .create()
+                    .map_err(|e| error(properties.redact(&e.to_string())))?;
                 let mut counts = HashMap::new();
                 for t in sources {
                     let md = consumer
@@ -410,8 +413,10 @@ impl Streams {
         &self,
         wanted: &[(String, i32, bool)],
     ) -> Result<(), StreamsError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config().create().map_err(error)?;
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(|e| error(self.inner.properties.redact(&e.to_string())))?;
         let new: Vec<NewTopic<'_>> = wanted
             .iter()
             .map(|(t, n, compact)| {

@@ -354,29 +354,16 @@ async fn after_a_rebalance_the_two_instances_views_are_the_fold_of_all_events() 
 }
 
 fn example_binary() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "kafka-tower-streams",
-            "--example",
-            "event_sourcing",
-        ])
-        .status()
-        .expect("cargo build --example");
-    assert!(status.success(), "building the example failed");
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("event_sourcing");
-    assert!(bin.exists(), "example binary at {}", bin.display());
-    bin
+    let features = enabled_features!(
+        "redb",
+        "axum",
+        "ssl",
+        "ssl-vendored",
+        "gssapi",
+        "zstd",
+        "oidc"
+    );
+    build_example("kafka-tower-streams", "event_sourcing", &features)
 }
 
 fn start_projector_child(bin: &std::path::Path, app: &str, addr: &str) -> (Child, String) {

@@ -66,6 +66,11 @@ pub mod secured {
         format!("{}/{name}", broker_env("KAFKA_TLS_DIR"))
     }
 
+    /// The broker's `log.dirs` (one directory per topic partition).
+    pub fn broker_log_dir() -> String {
+        broker_env("KAFKA_LOG_DIR")
+    }
+
     /// librdkafka properties for the SASL_SSL listener with `password`.
     pub fn sasl_ssl_properties(password: &str) -> Vec<(String, String)> {
         [
@@ -458,6 +463,42 @@ pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
             Duration::from_millis(10),
             Duration::from_millis(100),
         ))
+}
+
+/// The features, of those named, that the calling crate was built with
+/// (`cfg!` expands in the caller), for [`build_example`].
+#[macro_export]
+macro_rules! enabled_features {
+    ($($feature:literal),* $(,)?) => {{
+        let mut enabled: Vec<&'static str> = Vec::new();
+        $(if cfg!(feature = $feature) { enabled.push($feature); })*
+        enabled
+    }};
+}
+
+/// Builds example `name` of `package` with exactly `features` (those the
+/// test itself was built with, see [`enabled_features!`]), so that it
+/// reuses the test build's artifacts instead of compiling librdkafka again
+/// for another feature set; returns the binary's path.
+pub fn build_example(package: &str, name: &str, features: &[&str]) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--example", name])
+        .arg("--no-default-features")
+        .arg(format!("--features={}", features.join(",")))
+        .status()
+        .expect("cargo build --example");
+    assert!(status.success(), "building the {name} example failed");
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(bin.exists(), "example binary at {}", bin.display());
+    bin
 }
 
 /// A consumer group protocol to run a test under.
