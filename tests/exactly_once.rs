@@ -11,7 +11,7 @@ use kafka_tower_testkit::*;
 
 fn example_binary(name: &str) -> std::path::PathBuf {
     let features = enabled_features!("runtime", "ssl", "ssl-vendored", "gssapi", "zstd", "oidc");
-    build_example("kafka-tower", name, &features)
+    build_example("kafka-tower", name, features)
 }
 
 struct Processor {

@@ -11,7 +11,7 @@ use kafka_tower_testkit::*;
 /// The `worker` example binary, built on demand.
 fn worker_binary() -> std::path::PathBuf {
     let features = enabled_features!("runtime", "ssl", "ssl-vendored", "gssapi", "zstd", "oidc");
-    build_example("kafka-tower", "worker", &features)
+    build_example("kafka-tower", "worker", features)
 }
 
 struct Worker {

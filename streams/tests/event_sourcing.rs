@@ -363,7 +363,7 @@ fn example_binary() -> std::path::PathBuf {
         "zstd",
         "oidc"
     );
-    build_example("kafka-tower-streams", "event_sourcing", &features)
+    build_example("kafka-tower-streams", "event_sourcing", features)
 }
 
 fn start_projector_child(bin: &std::path::Path, app: &str, addr: &str) -> (Child, String) {

@@ -465,29 +465,43 @@ pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
         ))
 }
 
-/// The features, of those named, that the calling crate was built with
-/// (`cfg!` expands in the caller), for [`build_example`].
+/// Which of the named features the calling crate was built with (`cfg!`
+/// expands in the caller), and whether that is all of them; for
+/// [`build_example`].
 #[macro_export]
 macro_rules! enabled_features {
     ($($feature:literal),* $(,)?) => {{
         let mut enabled: Vec<&'static str> = Vec::new();
-        $(if cfg!(feature = $feature) { enabled.push($feature); })*
-        enabled
+        let mut all = true;
+        $(if cfg!(feature = $feature) { enabled.push($feature); } else { all = false; })*
+        (enabled, all)
     }};
 }
 
-/// Builds example `name` of `package` with exactly `features` (those the
-/// test itself was built with, see [`enabled_features!`]), so that it
-/// reuses the test build's artifacts instead of compiling librdkafka again
-/// for another feature set; returns the binary's path.
-pub fn build_example(package: &str, name: &str, features: &[&str]) -> std::path::PathBuf {
+/// Builds example `name` of `package` with the features the test itself
+/// was built with (see [`enabled_features!`]), so that it reuses the test
+/// build instead of compiling librdkafka again for another feature set;
+/// returns the binary's path.
+///
+/// A test built with all its features is taken to come from `cargo test
+/// --workspace --all-features` (`scripts/test`), which builds the examples
+/// too: the same invocation here finds them up to date.
+pub fn build_example(
+    package: &str,
+    name: &str,
+    (features, all): (Vec<&'static str>, bool),
+) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--example", name])
-        .arg("--no-default-features")
-        .arg(format!("--features={}", features.join(",")))
-        .status()
-        .expect("cargo build --example");
+    let mut command = std::process::Command::new(cargo);
+    command.args(["build", "--quiet", "--example", name]);
+    if all {
+        command.args(["--workspace", "--all-features"]);
+    } else {
+        command
+            .args(["-p", package, "--no-default-features"])
+            .arg(format!("--features={}", features.join(",")));
+    }
+    let status = command.status().expect("cargo build --example");
     assert!(status.success(), "building the {name} example failed");
     let exe = std::env::current_exe().unwrap();
     let bin = exe
