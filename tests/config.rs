@@ -28,6 +28,7 @@ retry:
   initial_backoff: 100ms
   max_backoff: 1m 30s
   multiplier: 3.0
+  hold: 10m
 dead_letter:
   enabled: true
   suffix: .failed
@@ -56,6 +57,7 @@ max_attempts = 5
 initial_backoff = "100ms"
 max_backoff = "1m 30s"
 multiplier = 3
+hold = "10m"
 
 [dead_letter]
 enabled = true
@@ -135,6 +137,7 @@ fn assert_full(config: &ConsumerConfig) {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(90),
             multiplier: 3.0,
+            hold: Duration::from_secs(600),
         }
     );
     assert!(config.dead_letter.enabled);
@@ -195,6 +198,8 @@ fn minimal_config_has_the_defaults() {
     assert_eq!(config.retry.initial_backoff, Duration::from_millis(200));
     assert_eq!(config.retry.max_backoff, Duration::from_secs(30));
     assert_eq!(config.retry.multiplier, 2.0);
+    assert_eq!(config.retry.hold, Duration::from_secs(300));
+    assert_eq!(RetryPolicy::none().hold, Duration::ZERO);
     assert_eq!(config.dead_letter, DeadLetterPolicy::default());
     assert!(config.dead_letter.enabled);
     assert_eq!(config.dead_letter.suffix, ".dlq");
@@ -880,6 +885,7 @@ fn base_delay_grows_by_the_multiplier_and_is_capped() {
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(1),
         multiplier: 1.5,
+        ..RetryPolicy::default()
     };
     let mut previous = Duration::ZERO;
     for attempt in 1..=20 {
@@ -918,6 +924,7 @@ fn jittered_delay_stays_within_half_and_full_base() {
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
         multiplier: 3.0,
+        ..RetryPolicy::default()
     };
     for attempt in 1..=5 {
         let base = policy.base_delay(attempt);

@@ -1,6 +1,11 @@
 //! Records the runtime cannot handle the ordinary way, against a real
 //! Apache Kafka broker: each is dead-lettered with the reason, and the
-//! partition moves on past it.
+//! partition moves on past it; and a downstream outage, which must not
+//! dead-letter the records that arrive while it lasts.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -164,4 +169,162 @@ async fn a_record_with_more_headers_than_http_holds_is_dead_lettered_by_the_mapp
         header_pairs(&h.iter().take(25_000).cloned().collect()),
         header_pairs(&many)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_is_dead_lettered_at_once_with_holding_on() {
+    let topic = unique("refused");
+    let group = unique("g");
+    create_topic_with_dlq(&topic, 1).await;
+    let produced = produce(
+        &topic,
+        [
+            Rec::payload("ok-1"),
+            Rec::payload("bad"),
+            Rec::payload("ok-2"),
+        ],
+    )
+    .await;
+    let (rec, dlq, stats) = serve_past_the_fault(&topic, &group, produced[2].1).await;
+    assert_eq!(
+        rec.all().len(),
+        3,
+        "a 422 is not retried, and does not hold"
+    );
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload.as_deref(), Some(&b"bad"[..]));
+    let h = &dlq[0].headers;
+    assert_eq!(header_text(h, "kt-dlq-status").as_deref(), Some("422"));
+    assert_eq!(header_text(h, "kt-dlq-attempts").as_deref(), Some("1"));
+    assert_eq!((stats.holds(), stats.held()), (0, 0));
+}
+
+/// One call of the outage test: what was served and how it was answered.
+#[derive(Clone, Debug)]
+struct Call {
+    partition: i32,
+    offset: i64,
+    ok: bool,
+    during_outage: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_outage_holds_the_partition_and_dead_letters_nothing() {
+    const N: i64 = 10;
+    const OUTAGE: Duration = Duration::from_secs(30);
+    let topic = unique("outage");
+    let group = unique("g");
+    create_topic_with_dlq(&topic, 2).await;
+    let records = (0..N).flat_map(|i| {
+        [
+            Rec::payload(format!("p0-{i}")).partition(0),
+            Rec::payload(format!("p1-{i}")).partition(1),
+        ]
+    });
+    produce(&topic, records).await;
+
+    // Partition 0's records need a dependency that is down: 503 until the
+    // test ends the outage. Partition 1's do not.
+    let down = Arc::new(AtomicBool::new(true));
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let first_failure: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let service = {
+        let (down, calls, first_failure) = (down.clone(), calls.clone(), first_failure.clone());
+        tower::service_fn(move |req: Request<RecordBody>| {
+            let meta = req.extensions().get::<kafka_tower::RecordMeta>().unwrap();
+            let during_outage = down.load(SeqCst);
+            let ok = meta.partition() == 1 || !during_outage;
+            if !ok {
+                first_failure
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(Instant::now);
+            }
+            calls.lock().unwrap().push(Call {
+                partition: meta.partition(),
+                offset: meta.offset(),
+                ok,
+                during_outage,
+            });
+            async move {
+                let mut res = Response::new(String::new());
+                if !ok {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, BoxError>(res)
+            }
+        })
+    };
+    // Default holding (up to 5 min); backoff capped at 500 ms so that the
+    // held record is tried again soon after the outage ends.
+    let retry = kafka_tower::RetryPolicy::exponential(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(500),
+    );
+    assert_eq!(
+        retry.hold,
+        Duration::from_secs(300),
+        "holding is on by default"
+    );
+    let running = spawn(
+        consumer(&group, &[&topic]).retry(retry).build().unwrap(),
+        service,
+    );
+    let served = |partition: i32| {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.partition == partition && c.ok)
+            .count() as i64
+    };
+    eventually("partition 1 served while partition 0 fails", || {
+        served(1) == N
+    })
+    .await;
+    eventually("partition 0 held", || running.stats.held() == 1).await;
+    let started = first_failure.lock().unwrap().expect("partition 0 failed");
+    tokio::time::sleep_until((started + OUTAGE).into()).await;
+    // The outage is over.
+    down.store(false, SeqCst);
+    eventually("partition 0 served after the outage", || served(0) == N).await;
+    eventually("both partitions committed to their end", || {
+        committed(&group, &topic, 2) == vec![N, N]
+    })
+    .await;
+    let stats = running.stats.clone();
+    running.stop().await;
+
+    let calls = calls.lock().unwrap().clone();
+    let failed: Vec<&Call> = calls.iter().filter(|c| !c.ok).collect();
+    assert!(
+        failed.len() > 3,
+        "retried beyond max_attempts while held: {} failed calls",
+        failed.len()
+    );
+    assert!(
+        failed.iter().all(|c| c.partition == 0 && c.offset == 0),
+        "the partition was held on its first record: nothing after it started"
+    );
+    let p0_ok: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.partition == 0 && c.ok)
+        .map(|c| c.offset)
+        .collect();
+    assert_eq!(p0_ok, (0..N).collect::<Vec<_>>(), "each once, in order");
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c.partition == 1)
+            .all(|c| c.ok && c.during_outage),
+        "partition 1 unaffected: served once each, during the outage"
+    );
+    assert_eq!(stats.dead_lettered(), 0);
+    assert_eq!(
+        end_offsets(&format!("{topic}.dlq"), 1),
+        vec![0],
+        "no dead letter"
+    );
+    assert_eq!((stats.holds(), stats.held()), (1, 0));
 }

@@ -162,7 +162,23 @@ async fn tower_http_layers_compose_unchanged() {
         .layer(CatchPanicLayer::new())
         .service(handler);
 
-    let running = spawn(consumer(&unique("g"), &[&topic]).build().unwrap(), service);
+    // CatchPanic turns the panic into a 500, a retryable status: with
+    // holding off, it is dead-lettered once its attempts are spent.
+    let no_hold = kafka_tower::RetryPolicy {
+        hold: Duration::ZERO,
+        ..kafka_tower::RetryPolicy::exponential(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        )
+    };
+    let running = spawn(
+        consumer(&unique("g"), &[&topic])
+            .retry(no_hold)
+            .build()
+            .unwrap(),
+        service,
+    );
     let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
     rec.wait_until("`fine` served", |s| s.iter().any(|x| x.text() == "fine"))
         .await;

@@ -5,10 +5,12 @@
 //! at-least-once lanes ([`super::lane`]) and the exactly-once batches
 //! ([`super::exactly_once`]) differ only in what they do with the outcome.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Uri};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ConsumerConfig, RetryPolicy};
@@ -85,12 +87,17 @@ fn runtime_failure(failed_by: &str, reason: &str, message: String) -> Failure {
 /// A record HTTP cannot represent (see
 /// [`MappingError`](crate::MappingError)) or whose propagated context is
 /// invalid fails permanently without a call.
+///
+/// A record whose attempts are spent on retryable failures holds its
+/// partition up to `retry.hold` (see [`RetryPolicy::hold`]) before it
+/// fails; `lane_held` counts the lane's held records meanwhile.
 pub(crate) async fn serve_attempts<S: RecordService>(
     policy: &AttemptPolicy,
     service: S,
     record: &ConsumedRecord,
     uri: &Uri,
     cancel: &CancellationToken,
+    lane_held: Option<&AtomicUsize>,
     mut prepare: impl FnMut(&mut Request<RecordBody>),
 ) -> Attempted {
     // The record's context, captured once so that every attempt sees the
@@ -116,6 +123,7 @@ pub(crate) async fn serve_attempts<S: RecordService>(
         },
     };
     let mut attempt = 1u32;
+    let mut held: Option<Held<'_>> = None;
     loop {
         let mut req = match record.clone().try_into_request_with_uri(
             uri.clone(),
@@ -149,21 +157,76 @@ pub(crate) async fn serve_attempts<S: RecordService>(
         match outcome {
             Ok(()) => {
                 policy.stats.succeeded.fetch_add(1, Relaxed);
+                if let Some(h) = &held {
+                    tracing::info!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        attempt, held_for = ?h.since.elapsed(),
+                        "the record succeeds again: its partition resumes"
+                    );
+                }
                 return Attempted::Succeeded;
             }
-            Err(f) if f.class.is_retryable() && attempt < policy.retry.max_attempts => {
+            Err(f) if f.class.is_retryable() => {
+                if attempt >= policy.retry.max_attempts {
+                    // Exhausted on a retryable failure: hold the partition
+                    // (keep retrying at the capped backoff) rather than
+                    // dead-letter, up to `retry.hold`. A panic during a
+                    // hold keeps it (the outage may surface as one).
+                    // A panic is a bug met by this record, not an outage.
+                    let hold = policy.retry.hold;
+                    let since = match &held {
+                        Some(h) => h.since,
+                        None if hold.is_zero() || f.class == ErrorClass::Panic => {
+                            return Attempted::Failed {
+                                failure: f,
+                                attempts: attempt,
+                            }
+                        }
+                        None => {
+                            tracing::warn!(
+                                topic = %record.topic, partition = record.partition, offset = record.offset,
+                                attempts = attempt, error_class = f.class.as_str(), error = %f.message,
+                                "retries exhausted on a retryable failure: holding the partition \
+                                 (retrying every ≤ {:?} for up to {hold:?}) instead of dead-lettering",
+                                policy.retry.max_backoff
+                            );
+                            held.insert(Held::new(&policy.stats, lane_held)).since
+                        }
+                    };
+                    let elapsed = since.elapsed();
+                    if elapsed >= hold {
+                        let mut failure = f;
+                        failure.message = format!(
+                            "still failing after holding the partition for {:?} ({attempt} attempts): {}",
+                            Duration::from_secs(elapsed.as_secs()),
+                            failure.message
+                        );
+                        return Attempted::Failed {
+                            failure,
+                            attempts: attempt,
+                        };
+                    }
+                }
                 policy.stats.retries.fetch_add(1, Relaxed);
                 let delay = policy.retry.delay(attempt);
-                tracing::warn!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    attempt, error_class = f.class.as_str(), error = %f.message,
-                    "retrying in {delay:?}"
-                );
+                if held.is_none() {
+                    tracing::warn!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        attempt, error_class = f.class.as_str(), error = %f.message,
+                        "retrying in {delay:?}"
+                    );
+                } else {
+                    tracing::debug!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        attempt, error_class = f.class.as_str(), error = %f.message,
+                        "held: retrying in {delay:?}"
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = cancel.cancelled() => return Attempted::Cancelled,
                 }
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
             }
             Err(failure) => {
                 return Attempted::Failed {
@@ -171,6 +234,38 @@ pub(crate) async fn serve_attempts<S: RecordService>(
                     attempts: attempt,
                 }
             }
+        }
+    }
+}
+
+/// A record holding its partition: counted in the stats (and the lane's
+/// own gauge) while it lives.
+struct Held<'a> {
+    since: Instant,
+    stats: &'a RuntimeStats,
+    lane: Option<&'a AtomicUsize>,
+}
+
+impl<'a> Held<'a> {
+    fn new(stats: &'a RuntimeStats, lane: Option<&'a AtomicUsize>) -> Self {
+        stats.holds.fetch_add(1, Relaxed);
+        stats.held.fetch_add(1, Relaxed);
+        if let Some(l) = lane {
+            l.fetch_add(1, Relaxed);
+        }
+        Held {
+            since: Instant::now(),
+            stats,
+            lane,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.stats.held.fetch_sub(1, Relaxed);
+        if let Some(l) = self.lane {
+            l.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -220,6 +315,10 @@ pub(crate) async fn dispose(
                 return true;
             }
             Err(err) => {
+                policy
+                    .stats
+                    .dead_letter_write_failures
+                    .fetch_add(1, Relaxed);
                 let delay = policy.retry.delay(write_attempt.min(8));
                 tracing::error!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
@@ -238,6 +337,7 @@ pub(crate) async fn dispose(
 /// Serves one record to its end: attempts, then the dead letter of a
 /// failure. Returns whether the record is finished (its offset may be
 /// committed); `false` when revocation or shutdown interrupted it.
+/// `lane_held` counts the lane's records holding the partition.
 pub(crate) async fn serve_to_end<S: RecordService>(
     policy: &AttemptPolicy,
     writer: Option<&DeadLetterWriter>,
@@ -245,8 +345,9 @@ pub(crate) async fn serve_to_end<S: RecordService>(
     record: &ConsumedRecord,
     uri: &Uri,
     cancel: &CancellationToken,
+    lane_held: Option<&AtomicUsize>,
 ) -> bool {
-    match serve_attempts(policy, service, record, uri, cancel, |_| {}).await {
+    match serve_attempts(policy, service, record, uri, cancel, lane_held, |_| {}).await {
         Attempted::Succeeded => true,
         Attempted::Cancelled => false,
         Attempted::Failed { failure, attempts } => {
@@ -274,6 +375,7 @@ mod tests {
                 max_attempts,
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(2),
+                hold: Duration::ZERO,
                 ..RetryPolicy::default()
             },
             max_error_len: 64,
@@ -328,6 +430,7 @@ mod tests {
             record,
             &uri,
             &CancellationToken::new(),
+            None,
             |_| {},
         ))
     }
@@ -378,6 +481,171 @@ mod tests {
             other => panic!("expected a failure, got {other:?}"),
         }
         assert_eq!(calls.load(Relaxed), 3);
+    }
+
+    /// A policy that holds for `hold` after 2 attempts, retrying every
+    /// second; run on paused time so the test takes no real time.
+    fn holding(hold: Duration) -> AttemptPolicy {
+        let mut p = policy(2, false);
+        p.retry.initial_backoff = Duration::from_secs(1);
+        p.retry.max_backoff = Duration::from_secs(1);
+        p.retry.hold = hold;
+        p
+    }
+
+    async fn attempt_paused(
+        policy: &AttemptPolicy,
+        service: impl RecordService,
+        held: &AtomicUsize,
+    ) -> Attempted {
+        let r = record();
+        let uri = crate::mapping::topic_uri(&r.topic);
+        let cancel = CancellationToken::new();
+        serve_attempts(policy, service, &r, &uri, &cancel, Some(held), |_| {}).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_retryable_failures_hold_until_a_call_succeeds() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let p = holding(Duration::from_secs(3600));
+        let lane = AtomicUsize::new(0);
+        let statuses = &[503, 503, 503, 503, 503, 503, 503, 200];
+        let service = answering(statuses, calls.clone());
+        let started = Instant::now();
+        let out = attempt_paused(&p, service, &lane).await;
+        assert!(matches!(out, Attempted::Succeeded), "{out:?}");
+        assert_eq!(calls.load(Relaxed), 8, "held past max_attempts (2)");
+        assert_eq!(p.stats.holds(), 1);
+        assert_eq!(p.stats.held(), 0, "released once it succeeded");
+        assert_eq!(lane.load(Relaxed), 0);
+        assert_eq!(p.stats.retries(), 7);
+        // Seven waits of at most the capped backoff (1 s), jittered down
+        // to no less than half of it.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(3500) && waited <= Duration::from_secs(7),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_is_counted_while_it_lasts() {
+        let p = holding(Duration::from_secs(3600));
+        let lane = AtomicUsize::new(0);
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let service = tower::service_fn(move |_req: Request<RecordBody>| {
+            let n = seen_tx.send(()).map(|_| ());
+            async move {
+                n.expect("the test listens");
+                let mut res = Response::new(String::new());
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let stats = p.stats.clone();
+        let r = record();
+        let uri = crate::mapping::topic_uri(&r.topic);
+        let cancel = CancellationToken::new();
+        let serving = serve_attempts(&p, service, &r, &uri, &cancel, Some(&lane), |_| {});
+        let watching = async {
+            for _ in 0..3 {
+                seen.recv().await.expect("a call");
+            }
+            assert_eq!(stats.held(), 1, "held after the second attempt failed");
+            assert_eq!(stats.holds(), 1);
+            assert_eq!(lane.load(Relaxed), 1);
+            cancel.cancel();
+        };
+        let (out, ()) = tokio::join!(serving, watching);
+        assert!(matches!(out, Attempted::Cancelled), "{out:?}");
+        assert_eq!(stats.held(), 0, "a cancelled hold is released too");
+        assert_eq!(lane.load(Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_gives_up_after_retry_hold_and_says_so() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let p = holding(Duration::from_secs(60));
+        let lane = AtomicUsize::new(0);
+        let started = Instant::now();
+        let out = attempt_paused(&p, answering(&[503], calls.clone()), &lane).await;
+        let waited = started.elapsed();
+        match out {
+            Attempted::Failed { failure, attempts } => {
+                assert_eq!(failure.class, ErrorClass::RetryableStatus);
+                assert_eq!(failure.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+                assert!(
+                    failure.message.contains("holding the partition for"),
+                    "{}",
+                    failure.message
+                );
+                assert_eq!(attempts, calls.load(Relaxed));
+                assert!(attempts > 60, "retried every ≤ 1 s for 60 s: {attempts}");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(waited >= Duration::from_secs(60), "{waited:?}");
+        assert!(waited < Duration::from_secs(65), "{waited:?}");
+        assert_eq!(p.stats.holds(), 1);
+        assert_eq!(p.stats.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_ends_a_hold_at_once() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let p = holding(Duration::from_secs(3600));
+        let lane = AtomicUsize::new(0);
+        let out = attempt_paused(&p, answering(&[503, 503, 503, 422], calls.clone()), &lane).await;
+        match out {
+            Attempted::Failed { failure, attempts } => {
+                assert_eq!(failure.status, Some(StatusCode::UNPROCESSABLE_ENTITY));
+                assert_eq!(attempts, 4);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(p.stats.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_panics_every_time_does_not_hold() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let p = holding(Duration::from_secs(3600));
+        let lane = AtomicUsize::new(0);
+        let service = {
+            let calls = calls.clone();
+            tower::service_fn(move |_req: Request<RecordBody>| {
+                calls.fetch_add(1, Relaxed);
+                async move {
+                    if true {
+                        panic!("a bug");
+                    }
+                    Ok::<_, Infallible>(Response::new(String::new()))
+                }
+            })
+        };
+        let out = attempt_paused(&p, service, &lane).await;
+        match out {
+            Attempted::Failed { failure, attempts } => {
+                assert_eq!(failure.class, ErrorClass::Panic);
+                assert_eq!(attempts, 2);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(calls.load(Relaxed), 2);
+        assert_eq!(p.stats.holds(), 0);
+    }
+
+    #[test]
+    fn a_zero_hold_fails_when_the_attempts_are_spent() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let p = policy(3, false);
+        assert!(p.retry.hold.is_zero());
+        let out = attempt(&p, answering(&[503], calls.clone()), &record());
+        assert!(
+            matches!(out, Attempted::Failed { attempts: 3, .. }),
+            "{out:?}"
+        );
+        assert_eq!(p.stats.holds(), 0);
     }
 
     #[test]
@@ -457,7 +725,7 @@ mod tests {
         let out = run(async {
             let canceller = cancel.clone();
             tokio::spawn(async move { canceller.cancel() });
-            serve_attempts(&p, service, &r, &uri, &cancel, |_| {}).await
+            serve_attempts(&p, service, &r, &uri, &cancel, None, |_| {}).await
         });
         assert!(matches!(out, Attempted::Cancelled), "{out:?}");
         assert_eq!(calls.load(Relaxed), 1);

@@ -93,7 +93,16 @@ impl ServingPath {
         uri: http::Uri,
     ) -> bool {
         matches!(
-            serve_attempts(&self.policy, service, record, &uri, &self.cancel, |_| {}).await,
+            serve_attempts(
+                &self.policy,
+                service,
+                record,
+                &uri,
+                &self.cancel,
+                None,
+                |_| {}
+            )
+            .await,
             Attempted::Succeeded
         )
     }

@@ -17,6 +17,7 @@
 //!   initial_backoff: 200ms
 //!   max_backoff: 30s
 //!   multiplier: 2.0
+//!   hold: 5m                 # a downstream outage holds the partition, 0s: off
 //! dead_letter:
 //!   enabled: true
 //!   suffix: .dlq             # orders -> orders.dlq
@@ -130,6 +131,34 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// The factor between successive delays (≥ 1).
     pub multiplier: f64,
+    /// How long a record may hold its partition once its `max_attempts`
+    /// are spent on retryable failures (`0s` turns holding off).
+    ///
+    /// A downstream outage (a database down, a dependency answering `503`)
+    /// makes every record fail retryably; dead-lettering each one after its
+    /// attempts would move every good record that arrives during the outage
+    /// to the dead-letter topic. So a record whose attempts are exhausted on
+    /// a retryable failure is not dead-lettered at once: it holds its
+    /// partition (nothing after it is started; the partition is paused
+    /// after `pause_after`) and is retried at the capped backoff
+    /// (`max_backoff`) until a call succeeds — the outage is over and the
+    /// partition resumes — or a permanent failure, or until it has held for
+    /// this long, when it is dead-lettered (the reason says so) and the
+    /// partition moves on. A record that keeps failing retryably on its own
+    /// (a poison record answering `503`) therefore costs its partition at
+    /// most `hold` once; permanent failures (`4xx`) are dead-lettered at
+    /// once whether or not the partition is held, and a record that makes
+    /// the service panic on every attempt is dead-lettered after
+    /// `max_attempts` (a panic is a bug met by that record, not an outage;
+    /// a `500` that `CatchPanicLayer` makes of one is a status like any
+    /// other, and holds).
+    ///
+    /// Holds are counted in [`RuntimeStats::holds`](super::RuntimeStats::holds)
+    /// and [`RuntimeStats::held`](super::RuntimeStats::held). The
+    /// exactly-once mode does not hold (a transaction cannot stay open
+    /// that long): it dead-letters after `max_attempts`.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -139,6 +168,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             multiplier: 2.0,
+            hold: Duration::from_secs(300),
         }
     }
 }
@@ -151,14 +181,16 @@ impl RetryPolicy {
             max_attempts,
             initial_backoff: initial,
             max_backoff: max,
-            multiplier: 2.0,
+            ..Default::default()
         }
     }
 
-    /// No retries: a retryable failure is dead-lettered after the first attempt.
+    /// No retries and no hold: a retryable failure is dead-lettered after
+    /// the first attempt.
     pub fn none() -> Self {
         RetryPolicy {
             max_attempts: 1,
+            hold: Duration::ZERO,
             ..Default::default()
         }
     }

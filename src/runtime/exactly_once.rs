@@ -270,8 +270,12 @@ impl Consumer {
         let producer = TransactionalProducer::new(settings.producer.clone())
             .await
             .map_err(|e| ConsumerError::new("cannot start the transactional producer", e))?;
+        let mut policy = AttemptPolicy::from_config(&config, stats.clone())?;
+        // A held record would keep its transaction open past
+        // `transaction.timeout.ms`: this mode dead-letters after the attempts.
+        policy.retry.hold = Duration::ZERO;
         let shared = Arc::new(EosShared {
-            policy: AttemptPolicy::from_config(&config, stats.clone())?,
+            policy,
             partitions_at_once: Semaphore::new(config.max_in_flight),
         });
 
@@ -575,6 +579,7 @@ async fn serve_partition<S: RecordService>(
             record,
             &uri,
             cancel,
+            None,
             |req| {
                 outbox = Outbox::default();
                 req.extensions_mut().insert(outbox.clone());

@@ -63,6 +63,9 @@ pub(crate) struct LaneControl {
     progress: AtomicU64,
     /// A record is taken and not finished.
     busy: AtomicBool,
+    /// Records holding the partition (retries exhausted on a retryable
+    /// failure): while any does, a key-mode lane starts no other record.
+    held: AtomicUsize,
     exited: AtomicBool,
     /// Set when the lane stopped on an error of the runtime itself.
     failure: Mutex<Option<String>>,
@@ -75,6 +78,7 @@ impl LaneControl {
             commit_point: AtomicI64::new(-1),
             progress: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
             exited: AtomicBool::new(false),
             failure: Mutex::new(None),
             cancel: CancellationToken::new(),
@@ -331,7 +335,11 @@ impl Lane<'_> {
                     stats.add_buffered(1);
                     waiting.push_back(record);
                 }
-                while let Some(idx) = first_ready_by_key(&waiting, &busy_keys) {
+                // A held record means the service is failing: start
+                // nothing else until it succeeds or gives up.
+                while let Some(idx) = first_ready_by_key(&waiting, &busy_keys)
+                    .filter(|_| self.ctl.held.load(Relaxed) == 0)
+                {
                     let Some(permit) = self.shared.in_flight.try_acquire() else {
                         break;
                     };
@@ -347,8 +355,9 @@ impl Lane<'_> {
             if running.is_empty() && (cancelled || failed) {
                 break;
             }
-            let blocked_on_permit =
-                !cancelled && first_ready_by_key(&waiting, &busy_keys).is_some();
+            let blocked_on_permit = !cancelled
+                && self.ctl.held.load(Relaxed) == 0
+                && first_ready_by_key(&waiting, &busy_keys).is_some();
             let may_take = !cancelled && waiting.len() < self.shared.lookahead;
             tokio::select! {
                 biased;
@@ -449,7 +458,13 @@ impl Lane<'_> {
         let writer = self.shared.dead_letter.as_ref();
         let cancel = &self.ctl.cancel;
         let served = AssertUnwindSafe(serve_to_end(
-            policy, writer, service, record, &self.uri, cancel,
+            policy,
+            writer,
+            service,
+            record,
+            &self.uri,
+            cancel,
+            Some(&self.ctl.held),
         ))
         .catch_unwind()
         .await;
@@ -761,6 +776,90 @@ mod tests {
         until(|| ctl.progress().0 == 1).await;
         assert_eq!(shared.policy.stats.skipped(), 1);
         assert_eq!(ctl.commit_point(), Some(1));
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    /// A source the test adds records to while the lane runs.
+    #[derive(Clone, Default)]
+    struct SharedSource(Arc<StdMutex<VecDeque<ConsumedRecord>>>);
+
+    impl RecordSource for SharedSource {
+        fn next_ready(&mut self) -> Option<ConsumedRecord> {
+            self.0.lock().unwrap().pop_front()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_mode_starts_no_other_key_while_a_record_holds_the_partition() {
+        let mut shared = shared(Ordering::Key, 16, 16);
+        {
+            let retry = &mut Arc::get_mut(&mut shared).unwrap().policy.retry;
+            retry.initial_backoff = Duration::from_secs(1);
+            retry.max_backoff = Duration::from_secs(1);
+            retry.hold = Duration::from_secs(3600);
+        }
+        let outage = Arc::new(AtomicBool::new(true));
+        let (calls_tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<(String, i64)>();
+        let service = {
+            let outage = outage.clone();
+            tower::service_fn(move |req: Request<RecordBody>| {
+                let meta = req.extensions().get::<crate::RecordMeta>().unwrap().clone();
+                let key = String::from_utf8(meta.key().unwrap().to_vec()).unwrap();
+                let down = outage.load(Relaxed);
+                calls_tx.send((key, meta.offset())).unwrap();
+                async move {
+                    let mut res = Response::new(String::new());
+                    if down {
+                        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
+        let mut next_call = async || {
+            tokio::time::timeout(Duration::from_secs(3600), calls.recv())
+                .await
+                .expect("the lane calls the service again")
+                .expect("the service lives")
+        };
+        let source = SharedSource::default();
+        source.0.lock().unwrap().push_back(rec(0, "a"));
+        let wake = Arc::new(Notify::new());
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared.clone(),
+            service,
+            (Arc::from("t"), 0),
+            source.clone(),
+            wake.clone(),
+            ctl.clone(),
+        ));
+        // max_attempts is 1: the first failure holds.
+        assert_eq!(next_call().await, ("a".into(), 0));
+        assert_eq!(next_call().await, ("a".into(), 0));
+        assert_eq!(shared.policy.stats.held(), 1);
+        // Another key arrives during the outage: it is taken, not started.
+        source.0.lock().unwrap().push_back(rec(1, "b"));
+        wake.notify_one();
+        for _ in 0..3 {
+            assert_eq!(
+                next_call().await,
+                ("a".into(), 0),
+                "only the held record is retried"
+            );
+        }
+        outage.store(false, Relaxed);
+        assert_eq!(next_call().await, ("a".into(), 0));
+        assert_eq!(
+            next_call().await,
+            ("b".into(), 1),
+            "served once the hold ended"
+        );
+        until(|| ctl.progress().0 == 2).await;
+        assert_eq!(ctl.commit_point(), Some(2));
+        let stats = &shared.policy.stats;
+        assert_eq!((stats.holds(), stats.held(), stats.skipped()), (1, 0, 0));
         ctl.cancel.cancel();
         lane.await.unwrap();
     }

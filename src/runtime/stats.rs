@@ -28,6 +28,9 @@ pub struct RuntimeStats {
     pub(crate) succeeded: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dead_letter_write_failures: AtomicU64,
+    pub(crate) holds: AtomicU64,
+    pub(crate) held: AtomicUsize,
     pub(crate) skipped: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -76,6 +79,26 @@ impl RuntimeStats {
     /// Records written to a dead-letter topic (and acknowledged).
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Relaxed)
+    }
+    /// Dead-letter writes that failed (the topic missing, writes refused by
+    /// authorization or quota, the broker unreachable). Each is retried
+    /// with backoff while the record's partition waits: nothing is lost,
+    /// and a value that keeps growing means a partition is stuck behind
+    /// its dead-letter topic.
+    pub fn dead_letter_write_failures(&self) -> u64 {
+        self.dead_letter_write_failures.load(Relaxed)
+    }
+    /// Times a record spent its attempts on retryable failures and held
+    /// its partition instead of being dead-lettered (see
+    /// [`RetryPolicy::hold`](super::RetryPolicy::hold)): a downstream
+    /// outage, usually.
+    pub fn holds(&self) -> u64 {
+        self.holds.load(Relaxed)
+    }
+    /// Records holding their partition right now (0 when no outage is
+    /// under way).
+    pub fn held(&self) -> usize {
+        self.held.load(Relaxed)
     }
     /// Failed records skipped because dead-lettering is disabled.
     pub fn skipped(&self) -> u64 {

@@ -250,6 +250,23 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<ConsumedRecord> {
     .expect("reader thread")
 }
 
+/// The end offsets (high watermarks) of partitions `0..partitions` of
+/// `topic`: how many records each holds, for a topic never truncated.
+pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("watermark reader");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}[{p}]: {e}"))
+                .1
+        })
+        .collect()
+}
+
 /// The committed offsets of `group` for partitions `0..partitions` of `topic`
 /// (`-1` when nothing is committed).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {

@@ -21,11 +21,14 @@ type ReadGauge = fn(&RuntimeStats) -> i64;
 /// | `<prefix>_consumer_attempts_total` | counter | calls made to the service, retries included |
 /// | `<prefix>_consumer_retries_total` | counter | retries scheduled after retryable failures |
 /// | `<prefix>_consumer_dead_letters_total` | counter | records written to a dead-letter topic and acknowledged |
+/// | `<prefix>_consumer_dead_letter_write_failures_total` | counter | dead-letter writes that failed and are retried (topic missing, writes refused); the partition waits |
+/// | `<prefix>_consumer_holds_total` | counter | records that spent their retries on retryable failures and held their partition (downstream outages) |
 /// | `<prefix>_consumer_commits_total` | counter | offset commits issued |
 /// | `<prefix>_consumer_pauses_total` | counter | partitions paused for backpressure |
 /// | `<prefix>_consumer_records_in_flight` | gauge | records handed to the service, not finished |
 /// | `<prefix>_consumer_records_buffered` | gauge | records fetched, not yet handed over |
 /// | `<prefix>_consumer_paused_partitions` | gauge | partitions paused right now |
+/// | `<prefix>_consumer_records_held` | gauge | records holding their partition right now |
 /// | `<prefix>_consumer_lag_records{topic,partition}` | gauge | records between the consumer's position and the partition's end (needs `statistics.interval.ms`) |
 pub struct RuntimeCollector {
     stats: Arc<RuntimeStats>,
@@ -75,6 +78,20 @@ impl RuntimeCollector {
                 RuntimeStats::dead_lettered,
             ),
             (
+                opts(
+                    "dead_letter_write_failures_total",
+                    "Dead-letter writes that failed and are retried while the partition waits.",
+                ),
+                RuntimeStats::dead_letter_write_failures,
+            ),
+            (
+                opts(
+                    "holds_total",
+                    "Records that spent their retries on retryable failures and held their partition.",
+                ),
+                RuntimeStats::holds,
+            ),
+            (
                 opts("commits_total", "Offset commits issued."),
                 RuntimeStats::commits,
             ),
@@ -101,6 +118,10 @@ impl RuntimeCollector {
             (
                 opts("paused_partitions", "Partitions paused right now."),
                 |s| s.paused_partitions() as i64,
+            ),
+            (
+                opts("records_held", "Records holding their partition right now."),
+                |s| s.held() as i64,
             ),
         ];
         let lag = opts(
