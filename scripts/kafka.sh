@@ -22,6 +22,9 @@
 #                                 valid 2020-01-01 to 2020-01-02 only),
 #                                 other-ca.pem (a CA that signed nothing)
 #   scripts/kafka.sh stop     stop the broker started by `start`
+#   scripts/kafka.sh kill     SIGKILL it (a crash): data and ports are kept
+#   scripts/kafka.sh restart  start it again on the same data and ports,
+#                             wait until ready, print the same addresses
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka tool class (console
 #                             producer/consumer, TopicCommand) on the classpath
 #
@@ -186,6 +189,10 @@ transaction.state.log.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# A broker restarted after SIGKILL registers once its old session expires:
+# 2 s rather than 9 s, so that the broker-fault tests restart quickly.
+broker.session.timeout.ms=2000
+broker.heartbeat.interval.ms=500
 group.consumer.min.heartbeat.interval.ms=500
 group.consumer.heartbeat.interval.ms=500
 auto.create.topics.enable=false
@@ -196,13 +203,13 @@ message.max.bytes=2097152
 PROPS
   local cp="$LIBS/*"
   local jvm=(-Xms512m -Xmx512m -Djava.io.tmpdir="$DIR/tmp" -Dlog4j2.configurationFile="$DIR/log4j2-broker.properties")
+  rm -f "$DIR/stdout.log"
   local cluster_id
   cluster_id="$("$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$DIR/format.log" | tail -1)"
   "$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$DIR/server.properties" \
     --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >>"$DIR/format.log" 2>&1 \
     || { echo "kafka.sh: storage format failed; see $DIR/format.log" >&2; cat "$DIR/format.log" >&2; exit 1; }
-  nohup "$JAVA" "${jvm[@]}" -cp "$cp" kafka.Kafka "$DIR/server.properties" >"$DIR/stdout.log" 2>&1 &
-  echo $! > "$DIR/broker.pid"
+  launch
   cat > "$DIR/addresses" <<ADDR
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$port
 KAFKA_SASL_SSL_BOOTSTRAP_SERVERS=127.0.0.1:$sport
@@ -212,6 +219,20 @@ KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD
 KAFKA_TLS_DIR=$DIR/tls
 KAFKA_LOG_DIR=$DIR/data
 ADDR
+  wait_ready "$port"
+  cat "$DIR/addresses"
+}
+
+# Starts the JVM of the broker formatted in $DIR, in the background.
+launch() {
+  local jvm=(-Xms512m -Xmx512m -Djava.io.tmpdir="$DIR/tmp" -Dlog4j2.configurationFile="$DIR/log4j2-broker.properties")
+  nohup "$JAVA" "${jvm[@]}" -cp "$LIBS/*" kafka.Kafka "$DIR/server.properties" >>"$DIR/stdout.log" 2>&1 &
+  echo $! > "$DIR/broker.pid"
+}
+
+# Waits until the broker on client port $1 serves metadata.
+wait_ready() {
+  local port="$1"
   # The client port opens only once the broker is registered and unfenced.
   local deadline=$((SECONDS + 120))
   until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; do
@@ -228,6 +249,26 @@ ADDR
     if [ $SECONDS -ge $deadline ]; then echo "kafka.sh: the broker does not serve metadata" >&2; stop; exit 1; fi
     sleep 0.5
   done
+}
+
+# SIGKILL: the broker dies as in a crash, its data and ports stay for `restart`.
+kill_broker() {
+  [ -f "$DIR/broker.pid" ] || { echo "kafka.sh: no broker to kill in $DIR" >&2; exit 1; }
+  local pid
+  pid="$(cat "$DIR/broker.pid")"
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$DIR/broker.pid"
+}
+
+# Starts the broker killed or stopped before, on the same data and ports.
+restart() {
+  [ -f "$DIR/addresses" ] && [ -f "$DIR/server.properties" ] \
+    || { echo "kafka.sh: nothing to restart in $DIR (run start first)" >&2; exit 1; }
+  if ! { [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; }; then
+    launch
+  fi
+  wait_ready "$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=127.0.0.1://p' "$DIR/addresses")"
   cat "$DIR/addresses"
 }
 
@@ -255,6 +296,8 @@ case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
   stop) stop ;;
+  kill) kill_broker ;;
+  restart) restart ;;
   tool) shift; tool "$@" ;;
-  *) echo "usage: $0 fetch|start|stop|tool CLASS ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start|stop|kill|restart|tool CLASS ARGS..." >&2; exit 2 ;;
 esac

@@ -1033,6 +1033,7 @@ const PRODUCER_FIELDS: &[&str] = &[
     "transactional_id",
     "check_topics",
     "send_timeout",
+    "transaction_call_timeout",
     "properties",
 ];
 
@@ -1081,6 +1082,13 @@ pub struct ProducerConfig {
     /// How long a send may wait in the local queue when it is full.
     #[serde(default = "default_send_timeout", with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// How long each call of a transactional producer (initialise, commit,
+    /// abort, add consumed offsets) waits for the broker before it returns
+    /// `TransactionError::TimedOut` (default 30 s). A commit or abort that
+    /// timed out is resumed by calling it again; the exactly-once mode and
+    /// `send_batch` do so until the broker answers.
+    #[serde(default = "default_transaction_call_timeout", with = "humantime_serde")]
+    pub transaction_call_timeout: Duration,
     /// librdkafka producer properties (`bootstrap.servers` is required).
     #[serde(default)]
     pub properties: Properties,
@@ -1091,6 +1099,9 @@ fn yes() -> bool {
 }
 fn default_send_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_transaction_call_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for ProducerConfig {
@@ -1104,6 +1115,7 @@ impl Default for ProducerConfig {
             transactional_id: None,
             check_topics: true,
             send_timeout: default_send_timeout(),
+            transaction_call_timeout: default_transaction_call_timeout(),
             properties: Properties::new(),
         }
     }
@@ -1120,6 +1132,7 @@ impl fmt::Debug for ProducerConfig {
             .field("transactional_id", &self.transactional_id)
             .field("check_topics", &self.check_topics)
             .field("send_timeout", &self.send_timeout)
+            .field("transaction_call_timeout", &self.transaction_call_timeout)
             .field("properties", &self.properties)
             .finish()
     }

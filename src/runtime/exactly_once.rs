@@ -233,17 +233,26 @@ impl ConsumerContext for EosContext {
 enum BatchError {
     /// The transaction was aborted; serve the batch again.
     Retry(String),
+    /// The transactional producer cannot go on (a fatal error, e.g. after
+    /// a long outage): re-create it and serve from the committed offsets.
+    Recreate(String),
     /// The producer or consumer cannot go on.
-    Fatal(String),
+    Fatal(ConsumerError),
+    /// Shutdown was asked for while the broker did not answer: the open
+    /// transaction is left to the broker (it aborts it, or the next
+    /// instance's initialisation does).
+    Stopped,
 }
 
 impl From<TransactionError> for BatchError {
     fn from(e: TransactionError) -> Self {
         match e {
-            TransactionError::Fenced(_)
-            | TransactionError::Fatal(_)
+            TransactionError::Fatal(m) => BatchError::Recreate(m),
+            e @ (TransactionError::Fenced(_)
             | TransactionError::Refused(_)
-            | TransactionError::Config(_) => BatchError::Fatal(e.to_string()),
+            | TransactionError::Config(_)) => {
+                BatchError::Fatal(ConsumerError::new("exactly-once processing stopped", e))
+            }
             other => BatchError::Retry(other.to_string()),
         }
     }
@@ -365,16 +374,26 @@ impl<S: RecordService> EosRun<'_, S> {
             if batch.is_empty() {
                 continue;
             }
-            let result = self.handle.block_on(self.process(&batch));
+            let result = self.handle.block_on(self.process(&batch, stop));
             if let Some(f) = &self.settings.on_batch_end {
                 f(result.is_ok());
             }
             match result {
                 Ok(()) => {}
-                Err(BatchError::Fatal(m)) => {
-                    return Err(ConsumerError::message(format!(
-                        "exactly-once processing stopped: {m}"
-                    )))
+                Err(BatchError::Fatal(e)) => return Err(e),
+                Err(BatchError::Stopped) => break,
+                Err(BatchError::Recreate(m)) => {
+                    tracing::warn!(
+                        error = %m, records = batch.len(),
+                        "fatal transactional producer error: re-creating the producer (same \
+                         transactional.id) and serving again from the committed offsets"
+                    );
+                    if !self.recreate_producer(stop)? {
+                        break;
+                    }
+                    if !self.rewind_to_committed(&batch, stop)? {
+                        break;
+                    }
                 }
                 Err(BatchError::Retry(m)) => {
                     // Seek back: the next gather reads the batch again.
@@ -455,21 +474,41 @@ impl<S: RecordService> EosRun<'_, S> {
 
     /// One transaction: serve, produce outputs and dead letters, add offsets,
     /// commit.
-    async fn process(&self, batch: &[ConsumedRecord]) -> Result<(), BatchError> {
+    async fn process(&self, batch: &[ConsumedRecord], stop: &AtomicBool) -> Result<(), BatchError> {
         self.producer.begin()?;
         let result = self.serve_and_send(batch).await;
         match result {
-            Ok(()) => {
-                self.producer.commit().await?;
-                Ok(())
-            }
+            Ok(()) => self.end_transaction(true, stop).await,
             Err(e) => {
                 if self.producer.in_transaction() {
-                    if let Err(abort) = self.producer.abort().await {
-                        return Err(abort.into());
-                    }
+                    self.end_transaction(false, stop).await?;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Commits (or aborts) the open transaction, resuming the call while
+    /// the broker does not answer — an outage longer than the call's
+    /// timeout leaves the transaction undecided, and only the same call
+    /// made again decides it — unless shutdown is asked for meanwhile.
+    async fn end_transaction(&self, commit: bool, stop: &AtomicBool) -> Result<(), BatchError> {
+        loop {
+            let ended = if commit {
+                self.producer.commit().await
+            } else {
+                self.producer.abort().await
+            };
+            match ended {
+                Err(TransactionError::TimedOut(m)) => {
+                    if stop.load(Relaxed) {
+                        tracing::warn!(error = %m, "stopping while the broker does not answer: the open transaction is left to the broker");
+                        return Err(BatchError::Stopped);
+                    }
+                    let what = if commit { "commit" } else { "abort" };
+                    tracing::warn!(error = %m, "the broker did not answer the {what}: resuming it");
+                }
+                r => return r.map_err(Into::into),
             }
         }
     }
@@ -524,14 +563,108 @@ impl<S: RecordService> EosRun<'_, S> {
                 .max()
                 .expect("partition has records");
             tpl.add_partition_offset(topic, *partition, Offset::Offset(last + 1))
-                .map_err(|e| BatchError::Fatal(e.to_string()))?;
+                .map_err(|e| BatchError::Fatal(ConsumerError::new("invalid offsets", e)))?;
         }
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| BatchError::Fatal("no consumer group metadata".into()))?;
+        let group = self.consumer.group_metadata().ok_or_else(|| {
+            BatchError::Fatal(ConsumerError::message("no consumer group metadata"))
+        })?;
         self.producer.send_offsets(tpl, group).await?;
         Ok(())
+    }
+
+    /// Replaces the producer after a fatal error, trying again (the broker
+    /// may still be unreachable) until it works or `stop`; `false` when
+    /// stopped first. Initialising the new producer (same
+    /// `transactional.id`) completes or aborts the old one's transaction
+    /// on the broker. Fencing by another instance, a refusal or a bad
+    /// configuration stop processing with that error.
+    fn recreate_producer(&mut self, stop: &AtomicBool) -> Result<bool, ConsumerError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            if stop.load(Relaxed) {
+                return Ok(false);
+            }
+            let created = self
+                .handle
+                .block_on(TransactionalProducer::new(self.settings.producer.clone()));
+            match created {
+                Ok(p) => {
+                    self.producer = p;
+                    self.shared
+                        .policy
+                        .stats
+                        .producer_recreations
+                        .fetch_add(1, Relaxed);
+                    tracing::info!("transactional producer re-created");
+                    return Ok(true);
+                }
+                Err(
+                    e @ (TransactionError::Fenced(_)
+                    | TransactionError::Refused(_)
+                    | TransactionError::Config(_)),
+                ) => return Err(ConsumerError::new(
+                    "exactly-once processing stopped: cannot re-create the transactional producer",
+                    e,
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-create the transactional producer yet; trying again in {delay:?}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Seeks the partitions of `batch` to their committed offsets (where
+    /// the last committed transaction left them), asking until the broker
+    /// answers; `false` when stopped first.
+    fn rewind_to_committed(
+        &self,
+        batch: &[ConsumedRecord],
+        stop: &AtomicBool,
+    ) -> Result<bool, ConsumerError> {
+        let mut tpl = TopicPartitionList::new();
+        for r in batch {
+            if tpl.find_partition(&r.topic, r.partition).is_none() {
+                tpl.add_partition(&r.topic, r.partition);
+            }
+        }
+        let committed = loop {
+            match self
+                .consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            {
+                Ok(c) => break c,
+                Err(_) if stop.load(Relaxed) => return Ok(false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the committed offsets yet; asking again");
+                }
+            }
+        };
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                // Nothing committed yet: where the group starts reading.
+                _ => match self.config.properties.get_str("auto.offset.reset") {
+                    Some("latest" | "largest" | "end") => Offset::End,
+                    _ => Offset::Beginning,
+                },
+            };
+            if let Err(err) =
+                self.consumer
+                    .seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
+            {
+                return Err(ConsumerError::new(
+                    format!(
+                        "cannot rewind {}[{}] to {offset:?}",
+                        e.topic(),
+                        e.partition()
+                    ),
+                    err,
+                ));
+            }
+        }
+        Ok(true)
     }
 
     /// Seeks every partition of `batch` back to its first record.

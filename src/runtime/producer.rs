@@ -95,6 +95,16 @@ pub enum ProduceError {
     UnknownTopic(String),
     /// The request body could not be read.
     Body(BoxError),
+    /// The record was not acknowledged within the producer's delivery
+    /// timeout (`delivery.timeout.ms`, alias `message.timeout.ms`): the
+    /// broker was unreachable, or the partition had no leader, that long.
+    /// librdkafka retried it until then (idempotently: no duplicate from
+    /// those retries). Whether the broker wrote it is unknown; sending it
+    /// again may duplicate it.
+    DeliveryTimedOut {
+        /// The record's topic.
+        topic: String,
+    },
     /// librdkafka or the broker refused the record.
     Kafka(KafkaError),
     /// The cluster refused this producer (credentials, TLS); no record can
@@ -119,6 +129,11 @@ impl fmt::Display for ProduceError {
             ),
             ProduceError::UnknownTopic(t) => write!(f, "topic {t:?} does not exist; nothing was sent"),
             ProduceError::Body(e) => write!(f, "cannot read the request body: {e}"),
+            ProduceError::DeliveryTimedOut { topic } => write!(
+                f,
+                "record to {topic:?} not acknowledged within the producer's delivery.timeout.ms \
+                 (broker unreachable or no partition leader); it may or may not have been written"
+            ),
             ProduceError::Kafka(e) => write!(f, "Kafka refused the record: {e}"),
             ProduceError::Refused(e) => write!(f, "nothing was sent: {e}"),
         }
@@ -416,6 +431,9 @@ fn produce_error(e: KafkaError, record: &OutgoingRecord) -> ProduceError {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
             ProduceError::UnknownTopic(record.topic.clone())
         }
+        Some(RDKafkaErrorCode::MessageTimedOut) => ProduceError::DeliveryTimedOut {
+            topic: record.topic.clone(),
+        },
         _ => ProduceError::Kafka(e),
     }
 }

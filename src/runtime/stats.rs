@@ -30,6 +30,7 @@ pub struct RuntimeStats {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) dead_letter_write_failures: AtomicU64,
     pub(crate) holds: AtomicU64,
+    pub(crate) producer_recreations: AtomicU64,
     pub(crate) held: AtomicUsize,
     pub(crate) skipped: AtomicU64,
     pub(crate) abandoned: AtomicU64,
@@ -99,6 +100,12 @@ impl RuntimeStats {
     /// under way).
     pub fn held(&self) -> usize {
         self.held.load(Relaxed)
+    }
+    /// Exactly-once mode: times the transactional producer was re-created
+    /// after a fatal error (a long outage, usually); the batch was served
+    /// again from the committed offsets.
+    pub fn producer_recreations(&self) -> u64 {
+        self.producer_recreations.load(Relaxed)
     }
     /// Failed records skipped because dead-lettering is disabled.
     pub fn skipped(&self) -> u64 {

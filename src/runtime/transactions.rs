@@ -62,6 +62,12 @@ pub enum TransactionError {
     /// The call was invalid in the current state (e.g. `commit` without
     /// `begin`).
     State(String),
+    /// The broker did not answer within `transaction_call_timeout` (it is
+    /// unreachable, usually). After [`commit`](TransactionalProducer::commit)
+    /// or [`abort`](TransactionalProducer::abort) the transaction is still
+    /// open and its outcome undecided: call the same method again to resume
+    /// it (a commit that timed out may yet succeed).
+    TimedOut(String),
     /// The cluster refused the producer's credentials or TLS handshake.
     Refused(ClusterRefused),
 }
@@ -85,6 +91,10 @@ impl fmt::Display for TransactionError {
                 "fatal producer error, the producer must be re-created: {m}"
             ),
             TransactionError::State(m) => write!(f, "invalid transaction state: {m}"),
+            TransactionError::TimedOut(m) => write!(
+                f,
+                "the broker did not answer in time (call the same method again to resume): {m}"
+            ),
             TransactionError::Refused(e) => write!(f, "{e}"),
         }
     }
@@ -124,6 +134,9 @@ fn classify(e: KafkaError) -> TransactionError {
         }
         if err.code() == RDKafkaErrorCode::State {
             return TransactionError::State(msg);
+        }
+        if err.is_retriable() {
+            return TransactionError::TimedOut(msg);
         }
     }
     if e.rdkafka_error_code().is_some_and(is_fencing) {
@@ -178,7 +191,7 @@ impl TransactionalProducer {
             .client_config()
             .create_with_context(WatchedContext::new(access.clone()))
             .map_err(|e| TransactionError::Config(config.properties.redact(&e.to_string())))?;
-        let timeout = Duration::from_secs(30);
+        let timeout = config.transaction_call_timeout;
         let p = producer.clone();
         let init = tokio::task::spawn_blocking(move || p.init_transactions(timeout));
         tokio::select! {
@@ -276,10 +289,41 @@ impl TransactionalProducer {
                 Ok(())
             }
             Err(TransactionError::Aborted(m)) => {
-                self.abort().await?;
+                self.abort_resuming().await?;
                 Err(TransactionError::Aborted(m))
             }
-            Err(e) => Err(e),
+            // Still open, the commit in progress: calling again resumes it.
+            Err(e @ TransactionError::TimedOut(_)) => Err(e),
+            Err(e) => {
+                if !matches!(e, TransactionError::State(_)) {
+                    self.open.store(false, SeqCst);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`commit`](Self::commit), resumed while the broker does not answer.
+    pub(crate) async fn commit_resuming(&self) -> Result<(), TransactionError> {
+        loop {
+            match self.commit().await {
+                Err(TransactionError::TimedOut(m)) => {
+                    tracing::warn!(error = %m, "transaction commit not answered yet: resuming it");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`abort`](Self::abort), resumed while the broker does not answer.
+    pub(crate) async fn abort_resuming(&self) -> Result<(), TransactionError> {
+        loop {
+            match self.abort().await {
+                Err(TransactionError::TimedOut(m)) => {
+                    tracing::warn!(error = %m, "transaction abort not answered yet: resuming it");
+                }
+                r => return r,
+            }
         }
     }
 
@@ -295,13 +339,21 @@ impl TransactionalProducer {
         let r = tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
             .await
             .map_err(|e| TransactionError::Fatal(e.to_string()))?;
-        self.open.store(false, SeqCst);
-        r.map_err(classify)
+        match r.map_err(classify) {
+            // Still open, the abort in progress: calling again resumes it.
+            Err(e @ TransactionError::TimedOut(_)) => Err(e),
+            r => {
+                self.open.store(false, SeqCst);
+                r
+            }
+        }
     }
 
     /// Sends `records` atomically: begin, send all, commit. Every record is
     /// validated first, so an invalid one sends nothing. On failure the
-    /// transaction is aborted and nothing is visible.
+    /// transaction is aborted and nothing is visible. While the broker does
+    /// not answer, the commit (or abort) is resumed until it does, so the
+    /// outcome is never left undecided.
     pub async fn send_batch(
         &self,
         records: Vec<OutgoingRecord>,
@@ -319,12 +371,12 @@ impl TransactionalProducer {
                     return Err(e)
                 }
                 Err(e) => {
-                    self.abort().await?;
+                    self.abort_resuming().await?;
                     return Err(TransactionError::Aborted(e.to_string()));
                 }
             }
         }
-        self.commit().await?;
+        self.commit_resuming().await?;
         Ok(deliveries)
     }
 }

@@ -115,12 +115,22 @@ pub async fn create_topic(name: &str, partitions: i32) {
 
 /// A topic with topic-level settings (e.g. `max.message.bytes`).
 pub async fn create_topic_with_config(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    create_topic_on(&bootstrap(), name, partitions, config).await;
+}
+
+/// [`create_topic_with_config`] on the broker at `bootstrap`.
+pub async fn create_topic_on(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) {
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in config {
         topic = topic.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
     let results = admin
@@ -139,8 +149,13 @@ pub async fn create_topic_with_dlq(name: &str, partitions: i32) {
 }
 
 pub fn producer() -> FutureProducer {
+    producer_on(&bootstrap())
+}
+
+/// [`producer`] for the broker at `bootstrap`.
+pub fn producer_on(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("message.max.bytes", "2000000")
         .set("linger.ms", "5")
         .create()
@@ -179,7 +194,16 @@ impl Rec {
 
 /// Produces `records` in order and waits for every acknowledgement.
 pub async fn produce(topic: &str, records: impl IntoIterator<Item = Rec>) -> Vec<(i32, i64)> {
-    let producer = producer();
+    produce_on(&bootstrap(), topic, records).await
+}
+
+/// [`produce`] to the broker at `bootstrap`.
+pub async fn produce_on(
+    bootstrap: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = Rec>,
+) -> Vec<(i32, i64)> {
+    let producer = producer_on(bootstrap);
     let mut pending = Vec::new();
     for r in records {
         let mut fr: FutureRecord<'_, [u8], [u8]> =
@@ -253,8 +277,13 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<ConsumedRecord> {
 /// The end offsets (high watermarks) of partitions `0..partitions` of
 /// `topic`: how many records each holds, for a topic never truncated.
 pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    end_offsets_on(&bootstrap(), topic, partitions)
+}
+
+/// [`end_offsets`] on the broker at `bootstrap`.
+pub fn end_offsets_on(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("watermark reader");
     (0..partitions)
@@ -270,8 +299,13 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
 /// The committed offsets of `group` for partitions `0..partitions` of `topic`
 /// (`-1` when nothing is committed).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    committed_on(&bootstrap(), group, topic, partitions)
+}
+
+/// [`committed`] on the broker at `bootstrap`.
+pub fn committed_on(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()
         .expect("committed reader");
@@ -467,8 +501,13 @@ pub fn spawn<S: kafka_tower::runtime::RecordService>(consumer: Consumer, service
 
 /// A builder for the test broker with fast retries and commits.
 pub fn consumer(group: &str, topics: &[&str]) -> ConsumerBuilder {
+    consumer_on(&bootstrap(), group, topics)
+}
+
+/// [`consumer`] for the broker at `bootstrap`.
+pub fn consumer_on(bootstrap: &str, group: &str, topics: &[&str]) -> ConsumerBuilder {
     Consumer::builder()
-        .bootstrap_servers(bootstrap())
+        .bootstrap_servers(bootstrap)
         .group_id(group)
         .topics(topics.iter().copied())
         .property("auto.offset.reset", "earliest")
@@ -594,11 +633,17 @@ pub fn counts<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> HashMap<T, usize>
 /// Reads every record of `topic` up to its end (the high watermark of each
 /// partition, read at the start) with the given isolation level.
 pub async fn read_all(topic: &str, isolation: &str) -> Vec<ConsumedRecord> {
+    read_all_on(&bootstrap(), topic, isolation).await
+}
+
+/// [`read_all`] on the broker at `bootstrap`.
+pub async fn read_all_on(bootstrap: &str, topic: &str, isolation: &str) -> Vec<ConsumedRecord> {
     let topic = topic.to_owned();
     let isolation = isolation.to_owned();
+    let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
+            .set("bootstrap.servers", &bootstrap)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .set("isolation.level", &isolation)
@@ -703,4 +748,85 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+// ---- a broker of the test's own, to kill and restart ----
+
+/// A broker started for one test (its own data directory and ports, by
+/// `scripts/kafka.sh` with `KAFKA_TOWER_BROKER_DIR`), which the test may
+/// SIGKILL and restart on the same data and ports. Stopped and removed on
+/// drop. Broker-fault tests use it so that the shared broker of the other
+/// tests never goes down.
+pub struct OwnBroker {
+    dir: std::path::PathBuf,
+    bootstrap: String,
+}
+
+impl OwnBroker {
+    fn script(dir: &std::path::Path, command: &str) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let out = std::process::Command::new(script)
+            .arg(command)
+            .env("KAFKA_TOWER_BROKER_DIR", dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("kafka.sh {command}: {e}"));
+        assert!(
+            out.status.success(),
+            "kafka.sh {command} failed: {}",
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Formats and starts a broker; returns once it serves metadata.
+    pub async fn start() -> OwnBroker {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/kafka-own")
+            .join(unique("broker"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let d = dir.clone();
+        let out = tokio::task::spawn_blocking(move || Self::script(&d, "start"))
+            .await
+            .expect("kafka.sh start");
+        let bootstrap = out
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP_SERVERS="))
+            .unwrap_or_else(|| panic!("kafka.sh start printed no address: {out}"))
+            .to_owned();
+        OwnBroker { dir, bootstrap }
+    }
+
+    /// Its PLAINTEXT bootstrap address.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// SIGKILLs the broker (a crash) and waits until the process is gone.
+    pub async fn kill(&self) {
+        let d = self.dir.clone();
+        tokio::task::spawn_blocking(move || Self::script(&d, "kill"))
+            .await
+            .expect("kafka.sh kill");
+    }
+
+    /// Starts the killed broker again on the same data and ports; returns
+    /// once it serves metadata.
+    pub async fn restart(&self) {
+        let d = self.dir.clone();
+        let out = tokio::task::spawn_blocking(move || Self::script(&d, "restart"))
+            .await
+            .expect("kafka.sh restart");
+        assert!(
+            out.contains(&format!("KAFKA_BOOTSTRAP_SERVERS={}", self.bootstrap)),
+            "restarted on other addresses: {out}"
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        Self::script(&self.dir, "stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
