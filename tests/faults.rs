@@ -328,3 +328,150 @@ async fn a_downstream_outage_holds_the_partition_and_dead_letters_nothing() {
     );
     assert_eq!((stats.holds(), stats.held()), (1, 0));
 }
+
+/// A service whose clone panics once, when armed: the attempt loop clones
+/// the service for every attempt, so arming it in a call makes the next
+/// attempt panic in the runtime's own code, below the service (where the
+/// service's own panics are not: those are caught per call).
+#[derive(Clone)]
+struct PanicOnRetry {
+    rec: Recorder,
+    armed: Arc<AtomicBool>,
+}
+
+struct ClonePanics(PanicOnRetry);
+
+impl Clone for ClonePanics {
+    fn clone(&self) -> Self {
+        if self.0.armed.swap(false, SeqCst) {
+            panic!("injected: the runtime failed below the service");
+        }
+        ClonePanics(self.0.clone())
+    }
+}
+
+impl tower::Service<Request<RecordBody>> for ClonePanics {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<String>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RecordBody>) -> Self::Future {
+        let seen = self.0.rec.record(&req);
+        let mut res = Response::new(String::new());
+        if seen.text() == "trigger" {
+            // Retryable: the runtime will clone the service to try again.
+            self.0.armed.store(true, SeqCst);
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        std::future::ready(Ok(res))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_below_the_service_dead_letters_the_record_and_the_partition_moves_on() {
+    let topic = unique("runtime-panic");
+    let group = unique("g");
+    create_topic_with_dlq(&topic, 1).await;
+    let produced = produce(
+        &topic,
+        [
+            Rec::payload("ok-1"),
+            Rec::payload("trigger"),
+            Rec::payload("ok-2"),
+        ],
+    )
+    .await;
+    let rec = Recorder::default();
+    let service = ClonePanics(PanicOnRetry {
+        rec: rec.clone(),
+        armed: Arc::default(),
+    });
+    let running = spawn(consumer(&group, &[&topic]).build().unwrap(), service);
+    let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
+    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
+        .await;
+    eventually("committed past `ok-2`", || {
+        committed(&group, &topic, 1) == vec![produced[2].1 + 1]
+    })
+    .await;
+    let stats = running.stats.clone();
+    running.stop().await; // the consumer stayed up
+
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload.as_deref(), Some(&b"trigger"[..]));
+    let h = &dlq[0].headers;
+    assert_eq!(
+        header_text(h, "kt-dlq-failed-by").as_deref(),
+        Some("runtime")
+    );
+    assert_eq!(header_text(h, "kt-dlq-reason").as_deref(), Some("panic"));
+    let message = header_text(h, "kt-dlq-error-message").unwrap();
+    assert!(
+        message.contains("injected: the runtime failed"),
+        "{message}"
+    );
+    let triggers = rec.all().iter().filter(|s| s.text() == "trigger").count();
+    assert_eq!(
+        triggers, 1,
+        "the panic came before the second attempt's call"
+    );
+    assert_eq!(stats.dead_lettered(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_topic_holds_the_partition_counted_until_it_exists() {
+    let topic = unique("no-dlq");
+    let group = unique("g");
+    // No dead-letter topic, and the broker does not create topics.
+    create_topic(&topic, 1).await;
+    let produced = produce(
+        &topic,
+        [
+            Rec::payload("ok-1"),
+            Rec::payload("bad"),
+            Rec::payload("ok-2"),
+        ],
+    )
+    .await;
+    let rec = Recorder::default();
+    let running = spawn(
+        consumer(&group, &[&topic]).build().unwrap(),
+        ok_or_refuse(rec.clone()),
+    );
+    eventually("dead-letter writes failing and counted", || {
+        running.stats.dead_letter_write_failures() >= 2
+    })
+    .await;
+    assert!(
+        !rec.all().iter().any(|s| s.text() == "ok-2"),
+        "nothing after the record is served while its dead letter cannot be written"
+    );
+    eventually("committed up to the record, not past it", || {
+        committed(&group, &topic, 1) == vec![produced[1].1]
+    })
+    .await;
+    assert!(
+        !rec.all().iter().any(|s| s.text() == "ok-2"),
+        "still waiting for its dead-letter topic"
+    );
+    // The operator creates the topic: the dead letter lands, the partition moves on.
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
+    assert_eq!(dlq[0].payload.as_deref(), Some(&b"bad"[..]));
+    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
+        .await;
+    eventually("committed past `ok-2`", || {
+        committed(&group, &topic, 1) == vec![produced[2].1 + 1]
+    })
+    .await;
+    let stats = running.stats.clone();
+    running.stop().await;
+    assert_eq!(stats.dead_lettered(), 1);
+}

@@ -657,3 +657,76 @@ proptest! {
         let _ = kafka_tower::PropagatedContext::from_raw_headers(&record.headers, &config);
     }
 }
+
+/// A propagated header's name in any letter case, or another name.
+fn context_key() -> impl Strategy<Value = Bytes> {
+    let propagated = prop::sample::select(vec![
+        "authorization",
+        "x-correlation-id",
+        "x-traceability-id",
+        "traceparent",
+        "tracestate",
+        "baggage",
+    ]);
+    prop_oneof![
+        4 => (propagated, any::<u64>()).prop_map(|(name, case)| {
+            let cased: Vec<u8> = name
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| if case >> (i % 64) & 1 == 1 { b.to_ascii_uppercase() } else { b })
+                .collect();
+            Bytes::from(cased)
+        }),
+        1 => bytes(40),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Context capture over arbitrary bytes (control bytes, invalid UTF-8,
+    /// thousands of repeats): it never panics, fails exactly when a
+    /// propagated value is one HTTP cannot carry, and otherwise keeps every
+    /// value of every propagated header, in order.
+    #[test]
+    fn context_capture_takes_any_bytes_without_panicking(
+        headers in prop::collection::vec((context_key(), prop::option::of(bytes(300))), 0..3_000),
+    ) {
+        let raw: RawHeaders = headers
+            .iter()
+            .map(|(k, v)| RawHeader { key: k.clone(), value: v.clone() })
+            .collect();
+        let config = kafka_tower::context::ContextConfig::new();
+        let propagated: Vec<(String, &Bytes)> = headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = String::from_utf8(k.to_vec()).ok()?.to_ascii_lowercase();
+                config.names().iter().any(|n| n.as_str() == name).then_some(())?;
+                Some((name, v.as_ref()?))
+            })
+            .collect();
+        let all_valid = propagated.iter().all(|(_, v)| is_http_value(v));
+        match kafka_tower::PropagatedContext::from_raw_headers(&raw, &config) {
+            Ok(ctx) => {
+                prop_assert!(all_valid, "accepted a value HTTP cannot carry");
+                for name in config.names() {
+                    let want: Vec<&[u8]> = propagated
+                        .iter()
+                        .filter(|(n, _)| n == name.as_str())
+                        .map(|(_, v)| &v[..])
+                        .collect();
+                    let got: Vec<&[u8]> =
+                        ctx.headers().get_all(name).iter().map(|v| v.as_bytes()).collect();
+                    prop_assert_eq!(got, want, "values of {}", name);
+                }
+            }
+            Err(e) => {
+                prop_assert!(!all_valid, "refused valid values: {}", e);
+                prop_assert!(
+                    propagated.iter().any(|(n, v)| n == e.name() && !is_http_value(v)),
+                    "the error names a header with an invalid value: {}", e.name()
+                );
+            }
+        }
+    }
+}
