@@ -257,7 +257,14 @@ kill_broker() {
   local pid
   pid="$(cat "$DIR/broker.pid")"
   kill -KILL "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  # Gone, or a zombie no one reaps (a container without an init): either
+  # way it no longer listens.
+  local waited=0
+  while kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; do
+    waited=$((waited + 1))
+    if [ "$waited" -ge 300 ]; then echo "kafka.sh: broker $pid still alive 30 s after SIGKILL" >&2; exit 1; fi
+    sleep 0.1
+  done
   rm -f "$DIR/broker.pid"
 }
 

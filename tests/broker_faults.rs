@@ -6,6 +6,8 @@
 //! chosen call until the test has killed the broker, so the consumer is
 //! certainly mid-stream, with records still to fetch, when the broker dies.
 //! Small fetch sizes make it fetch during the outage, not only commit.
+//! The tests take turns, so that three brokers starting at once on a busy
+//! machine cannot make a wait run out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -17,7 +19,10 @@ use http::{Request, Response};
 use kafka_tower::runtime::{ExactlyOnce, Outbox, ProduceError, Producer, ProducerConfig};
 use kafka_tower::{BoxError, OutgoingRecord, RecordBody, RecordMeta};
 use kafka_tower_testkit::*;
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
+
+/// One of these tests at a time: each runs a broker of its own.
+static TURN: Mutex<()> = Mutex::const_new(());
 
 /// Properties that keep little prefetched, so that an outage hits fetching.
 const SMALL_FETCHES: &[(&str, &str)] = &[
@@ -85,6 +90,7 @@ fn payloads(records: &[kafka_tower::ConsumedRecord]) -> Vec<Bytes> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_across_two_broker_crashes_and_a_long_outage() {
+    let _turn = TURN.lock().await;
     init_tracing();
     let broker = OwnBroker::start().await;
     let bootstrap = broker.bootstrap().to_owned();
@@ -157,6 +163,7 @@ async fn at_least_once_loses_nothing_across_two_broker_crashes_and_a_long_outage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_emits_one_output_per_input_across_two_crashes_and_a_long_outage() {
+    let _turn = TURN.lock().await;
     init_tracing();
     let broker = OwnBroker::start().await;
     let bootstrap = broker.bootstrap().to_owned();
@@ -173,11 +180,12 @@ async fn exactly_once_emits_one_output_per_input_across_two_crashes_and_a_long_o
     )
     .await;
 
-    // A short crash, then an outage longer than the transaction timeout
-    // (10 s) and than each transactional call's timeout (5 s): the open
-    // transaction's commit or abort times out and must be resumed, not
-    // abandoned (0.1 then failed every batch with "Conflicting
-    // abort_transaction API call is already in progress").
+    // A short crash, then an outage longer than each transactional call's
+    // timeout (5 s): the open transaction's commit or abort times out and
+    // must be resumed, not abandoned (0.1 then failed every batch with
+    // "Conflicting abort_transaction API call is already in progress").
+    // The transaction coordinator is the broker that is down, so the
+    // transaction cannot expire meanwhile: that case is not exercised.
     let faults = [
         Fault {
             at: 400,
@@ -189,15 +197,35 @@ async fn exactly_once_emits_one_output_per_input_across_two_crashes_and_a_long_o
         },
     ];
     let injector = Faults::new(&faults);
+    let mut builder = consumer_on(&bootstrap, &group, &[&input]);
+    for (k, v) in SMALL_FETCHES {
+        builder = builder.property(*k, *v);
+    }
+    let consumer = builder.build().unwrap();
+    let stats = consumer.stats();
+    // Re-creations counted when the fatal error was injected (the long
+    // outage may have caused one of its own before).
+    let before_injection = Arc::new(AtomicU64::new(u64::MAX));
     let service = {
         let (output, injector) = (output.clone(), injector.clone());
+        let (stats, before_injection) = (stats.clone(), before_injection.clone());
         tower::service_fn(move |req: Request<RecordBody>| {
             let output = output.clone();
             let injector = injector.clone();
+            let (stats, before_injection) = (stats.clone(), before_injection.clone());
             async move {
                 let meta = req.extensions().get::<RecordMeta>().unwrap().clone();
                 let outbox = req.extensions().get::<Outbox>().unwrap().clone();
                 injector.on_call().await;
+                // After both faults, a fatal producer error: the producer
+                // must be re-created and the batch served again.
+                #[cfg(feature = "fault-injection")]
+                if injector.calls.load(SeqCst) == 1500 {
+                    before_injection.store(stats.producer_recreations(), SeqCst);
+                    kafka_tower::runtime::fault_injection::make_next_transaction_fatal();
+                }
+                #[cfg(not(feature = "fault-injection"))]
+                let _ = (&stats, &before_injection);
                 outbox.send(OutgoingRecord {
                     topic: output,
                     partition: Some(meta.partition()),
@@ -213,12 +241,6 @@ async fn exactly_once_emits_one_output_per_input_across_two_crashes_and_a_long_o
     producer.transaction_call_timeout = Duration::from_secs(5);
     let mut settings = ExactlyOnce::new(producer);
     settings.max_batch = 50;
-    let mut builder = consumer_on(&bootstrap, &group, &[&input]);
-    for (k, v) in SMALL_FETCHES {
-        builder = builder.property(*k, *v);
-    }
-    let consumer = builder.build().unwrap();
-    let stats = consumer.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let processor = tokio::spawn(consumer.serve_exactly_once(service, settings, async move {
         let _ = stopped.await;
@@ -247,10 +269,18 @@ async fn exactly_once_emits_one_output_per_input_across_two_crashes_and_a_long_o
         injector.calls.load(SeqCst),
         stats.producer_recreations()
     );
+    #[cfg(feature = "fault-injection")]
+    assert!(
+        stats.producer_recreations() > before_injection.load(SeqCst),
+        "the injected fatal error re-created the producer ({} before it, {} at the end)",
+        before_injection.load(SeqCst),
+        stats.producer_recreations()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_retries_through_a_crash_without_duplicates_and_times_out_typed() {
+    let _turn = TURN.lock().await;
     init_tracing();
     let broker = OwnBroker::start().await;
     let bootstrap = broker.bootstrap().to_owned();

@@ -208,7 +208,11 @@ pub(crate) async fn serve_attempts<S: RecordService>(
                     }
                 }
                 policy.stats.retries.fetch_add(1, Relaxed);
-                let delay = policy.retry.delay(attempt);
+                let mut delay = policy.retry.delay(attempt);
+                if let Some(h) = &held {
+                    // The last try of a hold comes when it runs out.
+                    delay = delay.min(policy.retry.hold.saturating_sub(h.since.elapsed()));
+                }
                 if held.is_none() {
                     tracing::warn!(
                         topic = %record.topic, partition = record.partition, offset = record.offset,

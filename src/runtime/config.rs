@@ -145,8 +145,8 @@ pub struct RetryPolicy {
     /// partition resumes — or a permanent failure, or until it has held for
     /// this long, when it is dead-lettered (the reason says so) and the
     /// partition moves on. A record that keeps failing retryably on its own
-    /// (a poison record answering `503`) therefore costs its partition at
-    /// most `hold` once; permanent failures (`4xx`) are dead-lettered at
+    /// (a poison record answering `503`) therefore costs its partition
+    /// `hold` (and one more call) once; permanent failures (`4xx`) are dead-lettered at
     /// once whether or not the partition is held, and a record that makes
     /// the service panic on every attempt is dead-lettered after
     /// `max_attempts` (a panic is a bug met by that record, not an outage;

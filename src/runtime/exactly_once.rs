@@ -248,6 +248,9 @@ impl From<TransactionError> for BatchError {
     fn from(e: TransactionError) -> Self {
         match e {
             TransactionError::Fatal(m) => BatchError::Recreate(m),
+            // The producer's state is not what this loop expects: a new
+            // producer starts from a clean one.
+            TransactionError::State(m) => BatchError::Recreate(m),
             e @ (TransactionError::Fenced(_)
             | TransactionError::Refused(_)
             | TransactionError::Config(_)) => {
@@ -475,11 +478,21 @@ impl<S: RecordService> EosRun<'_, S> {
     /// One transaction: serve, produce outputs and dead letters, add offsets,
     /// commit.
     async fn process(&self, batch: &[ConsumedRecord], stop: &AtomicBool) -> Result<(), BatchError> {
+        tracing::debug!(records = batch.len(), "beginning a transaction");
         self.producer.begin()?;
+        #[cfg(feature = "fault-injection")]
+        if super::fault_injection::take_fatal_next_transaction() {
+            self.producer.inject_fatal_error();
+        }
         let result = self.serve_and_send(batch).await;
         match result {
             Ok(()) => self.end_transaction(true, stop).await,
             Err(e) => {
+                // A producer with a fatal error fails every call, the
+                // abort included: re-create it.
+                if let Some(fatal) = self.producer.fatal_error() {
+                    return Err(BatchError::Recreate(fatal));
+                }
                 if self.producer.in_transaction() {
                     self.end_transaction(false, stop).await?;
                 }
@@ -644,11 +657,16 @@ impl<S: RecordService> EosRun<'_, S> {
         for e in committed.elements() {
             let offset = match e.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
-                // Nothing committed yet: where the group starts reading.
-                _ => match self.config.properties.get_str("auto.offset.reset") {
-                    Some("latest" | "largest" | "end") => Offset::End,
-                    _ => Offset::Beginning,
-                },
+                // Nothing committed yet: no transaction covered the
+                // partition, so the batch's first record is where it starts.
+                _ => Offset::Offset(
+                    batch
+                        .iter()
+                        .filter(|r| *r.topic == *e.topic() && r.partition == e.partition())
+                        .map(|r| r.offset)
+                        .min()
+                        .expect("the partition comes from the batch"),
+                ),
             };
             if let Err(err) =
                 self.consumer

@@ -379,7 +379,10 @@ impl Lane<'_> {
                     waiting.clear();
                 }
                 permit = self.shared.in_flight.acquire(cancel), if blocked_on_permit => {
-                    if let (Some(permit), Some(idx)) = (permit, first_ready_by_key(&waiting, &busy_keys)) {
+                    // A record may have begun holding while this waited.
+                    let ready = first_ready_by_key(&waiting, &busy_keys)
+                        .filter(|_| self.ctl.held.load(Relaxed) == 0);
+                    if let (Some(permit), Some(idx)) = (permit, ready) {
                         let record = waiting.remove(idx).expect("index from first_ready_by_key");
                         stats.sub_buffered(1);
                         busy_keys.insert(record.key.clone());

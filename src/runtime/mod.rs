@@ -9,6 +9,9 @@ pub mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod exactly_once;
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod fault_injection;
 mod lane;
 mod native;
 mod outcome;

@@ -156,6 +156,16 @@ pub struct TransactionalProducer {
     max_message_bytes: usize,
     timeout: Duration,
     open: AtomicBool,
+    /// A commit or abort the broker did not answer in time: the next call
+    /// must resume it.
+    pending: Mutex<Option<Pending>>,
+}
+
+/// The transactional call librdkafka has in progress after a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Commit,
+    Abort,
 }
 
 impl fmt::Debug for TransactionalProducer {
@@ -208,6 +218,7 @@ impl TransactionalProducer {
             config,
             timeout,
             open: AtomicBool::new(false),
+            pending: Mutex::new(None),
         })
     }
 
@@ -217,6 +228,32 @@ impl TransactionalProducer {
         let config = self.config.clone();
         drop(self);
         TransactionalProducer::new(config).await
+    }
+
+    /// Raises a fatal error in librdkafka's producer, as a broker can (an
+    /// out-of-order sequence number; feature `fault-injection`, for the
+    /// fault tests).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn inject_fatal_error(&self) {
+        let reason = c"injected by the fault tests";
+        // SAFETY: the client pointer is valid while `self.producer` lives;
+        // librdkafka copies `reason`.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                self.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
+    /// The fatal error librdkafka raised on this producer, if any: once
+    /// there is one, every call fails and the producer must be re-created.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{reason} ({code:?})"))
     }
 
     /// Whether a transaction is open.
@@ -271,11 +308,20 @@ impl TransactionalProducer {
     }
 
     /// Commits the open transaction. On an abortable error the transaction is
-    /// aborted and [`TransactionError::Aborted`] returned.
+    /// aborted and [`TransactionError::Aborted`] returned. When the broker
+    /// does not answer in time, [`TransactionError::TimedOut`] is returned
+    /// with the transaction still open: call `commit` again to resume (it
+    /// resumes the abort instead if the broker had asked for one).
     pub async fn commit(&self) -> Result<(), TransactionError> {
         if !self.open.load(SeqCst) {
             return Err(TransactionError::State(
                 "commit without an open transaction".into(),
+            ));
+        }
+        if self.pending() == Some(Pending::Abort) {
+            self.abort().await?;
+            return Err(TransactionError::Aborted(
+                "the broker asked for an abort, which is now complete".into(),
             ));
         }
         let p = self.producer.clone();
@@ -285,22 +331,38 @@ impl TransactionalProducer {
             .map_err(|e| TransactionError::Fatal(e.to_string()))?;
         match r.map_err(classify) {
             Ok(()) => {
-                self.open.store(false, SeqCst);
+                self.close();
                 Ok(())
             }
             Err(TransactionError::Aborted(m)) => {
-                self.abort_resuming().await?;
+                self.abort().await?;
                 Err(TransactionError::Aborted(m))
             }
             // Still open, the commit in progress: calling again resumes it.
-            Err(e @ TransactionError::TimedOut(_)) => Err(e),
+            Err(e @ TransactionError::TimedOut(_)) => {
+                self.set_pending(Some(Pending::Commit));
+                Err(e)
+            }
+            Err(e @ TransactionError::State(_)) => Err(e),
             Err(e) => {
-                if !matches!(e, TransactionError::State(_)) {
-                    self.open.store(false, SeqCst);
-                }
+                self.close();
                 Err(e)
             }
         }
+    }
+
+    fn pending(&self) -> Option<Pending> {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_pending(&self, pending: Option<Pending>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+    }
+
+    /// The transaction is over, whatever its outcome.
+    fn close(&self) {
+        self.set_pending(None);
+        self.open.store(false, SeqCst);
     }
 
     /// [`commit`](Self::commit), resumed while the broker does not answer.
@@ -328,10 +390,18 @@ impl TransactionalProducer {
     }
 
     /// Aborts the open transaction: none of its records becomes visible.
+    /// When the broker does not answer in time, [`TransactionError::TimedOut`]
+    /// is returned with the transaction still open: call `abort` again to
+    /// resume. A commit that timed out cannot be aborted: resume it.
     pub async fn abort(&self) -> Result<(), TransactionError> {
         if !self.open.load(SeqCst) {
             return Err(TransactionError::State(
                 "abort without an open transaction".into(),
+            ));
+        }
+        if self.pending() == Some(Pending::Commit) {
+            return Err(TransactionError::State(
+                "a commit that timed out is in progress: call commit to resume it".into(),
             ));
         }
         let p = self.producer.clone();
@@ -341,9 +411,12 @@ impl TransactionalProducer {
             .map_err(|e| TransactionError::Fatal(e.to_string()))?;
         match r.map_err(classify) {
             // Still open, the abort in progress: calling again resumes it.
-            Err(e @ TransactionError::TimedOut(_)) => Err(e),
+            Err(e @ TransactionError::TimedOut(_)) => {
+                self.set_pending(Some(Pending::Abort));
+                Err(e)
+            }
             r => {
-                self.open.store(false, SeqCst);
+                self.close();
                 r
             }
         }

@@ -826,7 +826,21 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        Self::script(&self.dir, "stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Never panic here: the test may be unwinding from its own failure,
+        // which a second panic would hide (scripts/test stops leftovers).
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        match std::process::Command::new(script)
+            .arg("stop")
+            .env("KAFKA_TOWER_BROKER_DIR", &self.dir)
+            .status()
+        {
+            Ok(s) if s.success() => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+            other => eprintln!(
+                "cannot stop the broker in {}: {other:?}",
+                self.dir.display()
+            ),
+        }
     }
 }
