@@ -39,10 +39,23 @@ async fn serve_past_the_fault(
     std::sync::Arc<kafka_tower::runtime::RuntimeStats>,
 ) {
     let rec = Recorder::default();
-    let running = spawn(
-        consumer(group, &[topic]).build().unwrap(),
-        ok_or_refuse(rec.clone()),
-    );
+    let (dlq, stats) =
+        serve_past_the_fault_with(topic, group, last, &rec, ok_or_refuse(rec.clone())).await;
+    (rec, dlq, stats)
+}
+
+/// [`serve_past_the_fault`] with `service`, recording into `rec`.
+async fn serve_past_the_fault_with(
+    topic: &str,
+    group: &str,
+    last: i64,
+    rec: &Recorder,
+    service: impl kafka_tower::runtime::RecordService,
+) -> (
+    Vec<kafka_tower::ConsumedRecord>,
+    std::sync::Arc<kafka_tower::runtime::RuntimeStats>,
+) {
+    let running = spawn(consumer(group, &[topic]).build().unwrap(), service);
     let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
     rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
         .await;
@@ -52,7 +65,7 @@ async fn serve_past_the_fault(
     .await;
     let stats = running.stats.clone();
     running.stop().await;
-    (rec, dlq, stats)
+    (dlq, stats)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,16 +406,9 @@ async fn a_panic_below_the_service_dead_letters_the_record_and_the_partition_mov
         rec: rec.clone(),
         armed: Arc::default(),
     });
-    let running = spawn(consumer(&group, &[&topic]).build().unwrap(), service);
-    let dlq = read_topic(&format!("{topic}.dlq"), 1).await;
-    rec.wait_until("`ok-2` served", |s| s.iter().any(|x| x.text() == "ok-2"))
-        .await;
-    eventually("committed past `ok-2`", || {
-        committed(&group, &topic, 1) == vec![produced[2].1 + 1]
-    })
-    .await;
-    let stats = running.stats.clone();
-    running.stop().await; // the consumer stayed up
+    // The consumer stays up: serve_past_the_fault_with stops it cleanly.
+    let (dlq, stats) =
+        serve_past_the_fault_with(&topic, &group, produced[2].1, &rec, service).await;
 
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].payload.as_deref(), Some(&b"trigger"[..]));

@@ -763,20 +763,23 @@ pub struct OwnBroker {
 }
 
 impl OwnBroker {
-    fn script(dir: &std::path::Path, command: &str) -> String {
+    /// Runs `scripts/kafka.sh command` on the broker in `dir`; its stdout.
+    fn try_script(dir: &std::path::Path, command: &str) -> Result<String, String> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
         let out = std::process::Command::new(script)
             .arg(command)
             .env("KAFKA_TOWER_BROKER_DIR", dir)
             .stderr(std::process::Stdio::inherit())
             .output()
-            .unwrap_or_else(|e| panic!("kafka.sh {command}: {e}"));
-        assert!(
-            out.status.success(),
-            "kafka.sh {command} failed: {}",
-            out.status
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .map_err(|e| format!("kafka.sh {command}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("kafka.sh {command} failed: {}", out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn script(dir: &std::path::Path, command: &str) -> String {
+        Self::try_script(dir, command).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Formats and starts a broker; returns once it serves metadata.
@@ -828,19 +831,11 @@ impl Drop for OwnBroker {
     fn drop(&mut self) {
         // Never panic here: the test may be unwinding from its own failure,
         // which a second panic would hide (scripts/test stops leftovers).
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
-        match std::process::Command::new(script)
-            .arg("stop")
-            .env("KAFKA_TOWER_BROKER_DIR", &self.dir)
-            .status()
-        {
-            Ok(s) if s.success() => {
+        match Self::try_script(&self.dir, "stop") {
+            Ok(_) => {
                 let _ = std::fs::remove_dir_all(&self.dir);
             }
-            other => eprintln!(
-                "cannot stop the broker in {}: {other:?}",
-                self.dir.display()
-            ),
+            Err(e) => eprintln!("cannot stop the broker in {}: {e}", self.dir.display()),
         }
     }
 }
