@@ -70,7 +70,7 @@
 //! |---|---|---|
 //! | `runtime` | yes | The rdkafka-based consumer runtime, configuration loading and the dead-letter producer. Without it the crate is only the vocabulary (mapping, [`RecordMeta`], [`RawHeaders`], [`Refusal`]) and does not build librdkafka. |
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
 pub mod caller;

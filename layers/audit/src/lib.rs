@@ -133,7 +133,7 @@
 //! busy cores, falls behind: the drop-policy run dropped ≈ 18 % of its
 //! records, and the block-policy run is paced by the writer.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auditor;
 pub mod caller;

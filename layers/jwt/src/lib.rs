@@ -139,7 +139,7 @@
 //!
 //! 1.88, jsonwebtoken 12's.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
 pub mod claims;

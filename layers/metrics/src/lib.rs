@@ -104,7 +104,7 @@
 //! | [`MetricsLayer`] (record, cached topic and client) | ≈ 1.05 µs | ≈ 0.46 µs |
 //! | [`ProducerMetricsLayer`] (topic from the path) | ≈ 1.16 µs | ≈ 0.57 µs |
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod endpoint;
 pub mod labels;

@@ -89,7 +89,7 @@
 //! | [`JsonSchemaLayer::validate`] (UTF-8 check, JSON parse, schema check) | ≈ 2.8 µs |
 //! | a whole `JsonSchema::call` on a record (read body, validate, call) | ≈ 3.6 µs |
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod future;
 pub mod layer;

@@ -113,7 +113,7 @@
 //! `tracing-opentelemetry` 0.34, the matching set. The Jaeger and B3
 //! propagators are implemented in [`propagation`].
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod layer;
 #[cfg(feature = "otlp")]
