@@ -130,7 +130,7 @@ impl ConsumedRecord {
         group: Option<Arc<str>>,
         attempt: u32,
     ) -> Request<RecordBody> {
-        self.build_request(uri, group, attempt)
+        self.build_request(uri, group, attempt, None)
             .unwrap_or_else(|(req, _)| req)
     }
 
@@ -155,7 +155,23 @@ impl ConsumedRecord {
         group: Option<Arc<str>>,
         attempt: u32,
     ) -> Result<Request<RecordBody>, MappingError> {
-        self.build_request(uri, group, attempt).map_err(|(_, e)| e)
+        self.build_request(uri, group, attempt, None)
+            .map_err(|(_, e)| e)
+    }
+
+    /// As [`ConsumedRecord::try_into_request_with_uri`], taking the header
+    /// names from `names` (the runtime keeps one cache per partition lane,
+    /// so a name seen before costs no allocation).
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+    pub(crate) fn try_into_request_cached(
+        self,
+        uri: Uri,
+        group: Option<Arc<str>>,
+        attempt: u32,
+        names: &mut HeaderNameCache,
+    ) -> Result<Request<RecordBody>, MappingError> {
+        self.build_request(uri, group, attempt, Some(names))
+            .map_err(|(_, e)| e)
     }
 
     /// Builds the request; on a full `HeaderMap`, returns the request with
@@ -166,6 +182,7 @@ impl ConsumedRecord {
         uri: Uri,
         group: Option<Arc<str>>,
         attempt: u32,
+        mut names: Option<&mut HeaderNameCache>,
     ) -> Result<Request<RecordBody>, (Request<RecordBody>, MappingError)> {
         let meta = self.meta(group, attempt);
         let method = if self.payload.is_none() {
@@ -185,10 +202,13 @@ impl ConsumedRecord {
         let mut full = false;
         for h in self.headers.iter() {
             if let Some(value) = &h.value {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(&h.key),
-                    HeaderValue::from_maybe_shared(value.clone()),
-                ) {
+                let name = match names.as_deref_mut() {
+                    Some(cache) => cache.name(&h.key),
+                    None => HeaderName::from_bytes(&h.key).ok(),
+                };
+                if let (Some(name), Ok(value)) =
+                    (name, HeaderValue::from_maybe_shared(value.clone()))
+                {
                     if map.try_append(name, value).is_err() {
                         full = true;
                         break;
@@ -208,6 +228,39 @@ impl ConsumedRecord {
             return Err((req, error));
         }
         Ok(req)
+    }
+}
+
+/// Header names parsed before, so that a name seen again costs a
+/// comparison instead of an allocation (`HeaderName::from_bytes` copies
+/// every name that is not a standard HTTP header).
+///
+/// Bounded: the first [`HeaderNameCache::CAPACITY`] distinct valid names
+/// are kept; others are parsed each time. A lookup compares the key byte
+/// for byte, so `X-Id` and `x-id` are two entries with one `HeaderName`.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+pub(crate) struct HeaderNameCache {
+    names: Vec<(Bytes, HeaderName)>,
+}
+
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+impl HeaderNameCache {
+    /// How many names are kept.
+    pub(crate) const CAPACITY: usize = 32;
+
+    /// The header name for `key`, or `None` when `key` is not a valid
+    /// header name.
+    pub(crate) fn name(&mut self, key: &[u8]) -> Option<HeaderName> {
+        if let Some((_, name)) = self.names.iter().find(|(k, _)| k.as_ref() == key) {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(key).ok()?;
+        if self.names.len() < Self::CAPACITY {
+            // Copied: a slice of the record would keep its whole buffer.
+            self.names.push((Bytes::copy_from_slice(key), name.clone()));
+        }
+        Some(name)
     }
 }
 
@@ -417,5 +470,58 @@ impl OutgoingRecord {
             Some(body.into_payload().unwrap_or_default())
         };
         OutgoingRecord::from_parts(parts, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_cache_parses_a_name_once_and_stays_bounded() {
+        let mut cache = HeaderNameCache::default();
+        let first = cache.name(b"X-Tenant").unwrap();
+        assert_eq!(first.as_str(), "x-tenant");
+        let again = cache.name(b"X-Tenant").unwrap();
+        assert_eq!(again, first);
+        assert_eq!(cache.names.len(), 1, "a name seen again is not added");
+        // Byte-exact keys: another spelling is another entry, same name.
+        assert_eq!(cache.name(b"x-tenant").unwrap(), first);
+        assert_eq!(cache.names.len(), 2);
+        assert_eq!(cache.name(b"bad name"), None, "invalid names are refused");
+        assert_eq!(cache.names.len(), 2, "and not cached");
+        for i in 0..100 {
+            let key = format!("h-{i}");
+            assert_eq!(cache.name(key.as_bytes()).unwrap().as_str(), key);
+        }
+        assert_eq!(cache.names.len(), HeaderNameCache::CAPACITY);
+    }
+
+    #[test]
+    fn a_cached_request_equals_an_uncached_one() {
+        let record = ConsumedRecord::builder("orders", 1, 9)
+            .payload(Some(Bytes::from_static(b"{}")))
+            .header(RawHeader::new(&b"X-A"[..], &b"1"[..]))
+            .header(RawHeader::new(&b"x-a"[..], &b"2"[..]))
+            .header(RawHeader::new(&b"content-type"[..], &b"json"[..]))
+            .header(RawHeader::null(&b"x-null"[..]))
+            .header(RawHeader::new(&b"bad key"[..], &b"3"[..]))
+            .build();
+        let mut cache = HeaderNameCache::default();
+        for _ in 0..2 {
+            let cached = record
+                .clone()
+                .try_into_request_cached(topic_uri("orders"), None, 1, &mut cache)
+                .unwrap();
+            let plain = record
+                .clone()
+                .try_into_request_with_uri(topic_uri("orders"), None, 1)
+                .unwrap();
+            assert_eq!(cached.headers(), plain.headers());
+            assert_eq!(
+                cached.headers().get_all("x-a").iter().collect::<Vec<_>>(),
+                ["1", "2"]
+            );
+        }
     }
 }

@@ -193,45 +193,74 @@ impl RawHeader {
 /// The consumer runtime inserts them as a request extension next to the
 /// lossy [`http::HeaderMap`] view; forwarding and dead-lettering use them so
 /// that a record leaves exactly as it came in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct RawHeaders(Vec<RawHeader>);
+///
+/// The headers of a consumed record are shared: cloning them (the runtime
+/// does once per delivery attempt) bumps a reference count; the first
+/// change to a shared list copies it.
+#[derive(Clone, Default)]
+pub struct RawHeaders(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Owned(Vec<RawHeader>),
+    Shared(Arc<[RawHeader]>),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Owned(Vec::new())
+    }
+}
 
 impl RawHeaders {
     /// No headers.
     pub fn new() -> Self {
-        RawHeaders(Vec::new())
+        RawHeaders(Repr::Owned(Vec::new()))
     }
 
     /// No headers, with room for `n`.
     pub fn with_capacity(n: usize) -> Self {
-        RawHeaders(Vec::with_capacity(n))
+        RawHeaders(Repr::Owned(Vec::with_capacity(n)))
+    }
+
+    fn as_slice(&self) -> &[RawHeader] {
+        match &self.0 {
+            Repr::Owned(v) => v,
+            Repr::Shared(a) => a,
+        }
     }
 
     /// Appends a header, keeping any earlier header of the same key.
     pub fn push(&mut self, header: RawHeader) {
-        self.0.push(header);
+        if let Repr::Shared(a) = &self.0 {
+            let mut v = Vec::with_capacity(a.len() + 1);
+            v.extend(a.iter().cloned());
+            self.0 = Repr::Owned(v);
+        }
+        if let Repr::Owned(v) = &mut self.0 {
+            v.push(header);
+        }
     }
 
     /// The number of headers, duplicates included.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_slice().is_empty()
     }
 
     /// The headers in record order.
     pub fn iter(&self) -> std::slice::Iter<'_, RawHeader> {
-        self.0.iter()
+        self.as_slice().iter()
     }
 
     /// The value of the last header whose key equals `key` byte for byte.
     /// The outer `None` means no such header; `Some(None)` a null value.
     pub fn get_last(&self, key: &[u8]) -> Option<Option<&Bytes>> {
-        self.0
-            .iter()
+        self.iter()
             .rev()
             .find(|h| h.key.as_ref() == key)
             .map(|h| h.value.as_ref())
@@ -240,13 +269,33 @@ impl RawHeaders {
     /// Whether some header's key equals `name` when compared ASCII
     /// case-insensitively, as HTTP compares header names.
     pub fn contains_name_ignore_case(&self, name: &[u8]) -> bool {
-        self.0.iter().any(|h| h.key.eq_ignore_ascii_case(name))
+        self.iter().any(|h| h.key.eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Debug for RawHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RawHeaders").field(&self.as_slice()).finish()
+    }
+}
+
+impl PartialEq for RawHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for RawHeaders {}
+
+impl std::hash::Hash for RawHeaders {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
     }
 }
 
 impl FromIterator<RawHeader> for RawHeaders {
     fn from_iter<T: IntoIterator<Item = RawHeader>>(iter: T) -> Self {
-        RawHeaders(iter.into_iter().collect())
+        RawHeaders(Repr::Owned(iter.into_iter().collect()))
     }
 }
 
@@ -254,7 +303,12 @@ impl IntoIterator for RawHeaders {
     type Item = RawHeader;
     type IntoIter = std::vec::IntoIter<RawHeader>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        match self.0 {
+            Repr::Owned(v) => v.into_iter(),
+            // The iterator type is `vec::IntoIter`: a shared list is copied.
+            #[allow(clippy::unnecessary_to_owned)]
+            Repr::Shared(a) => a.to_vec().into_iter(),
+        }
     }
 }
 
@@ -262,12 +316,49 @@ impl<'a> IntoIterator for &'a RawHeaders {
     type Item = &'a RawHeader;
     type IntoIter = std::slice::Iter<'a, RawHeader>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.iter()
+    }
+}
+
+/// Headers that clones share without copying (what the consumer runtime
+/// builds for each record it copies out of librdkafka).
+impl From<Arc<[RawHeader]>> for RawHeaders {
+    fn from(a: Arc<[RawHeader]>) -> Self {
+        RawHeaders(Repr::Shared(a))
     }
 }
 
 impl From<Vec<RawHeader>> for RawHeaders {
     fn from(v: Vec<RawHeader>) -> Self {
-        RawHeaders(v)
+        RawHeaders(Repr::Owned(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_headers_are_copied_on_change_and_compare_by_content() {
+        let list: Arc<[RawHeader]> = vec![RawHeader::new("a", "1"), RawHeader::null("b")].into();
+        let shared = RawHeaders::from(list.clone());
+        let owned = RawHeaders::from(list.to_vec());
+        assert_eq!(shared, owned);
+        use std::hash::BuildHasher as _;
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&shared), state.hash_one(&owned));
+        let mut changed = shared.clone();
+        changed.push(RawHeader::new("c", "3"));
+        assert_eq!(changed.len(), 3);
+        assert_eq!(shared.len(), 2, "the clone it came from is untouched");
+        assert_eq!(
+            Arc::strong_count(&list),
+            2,
+            "`shared` still shares the list; the changed copy does not"
+        );
+        assert_eq!(
+            shared.into_iter().collect::<Vec<_>>(),
+            owned.into_iter().collect::<Vec<_>>()
+        );
     }
 }

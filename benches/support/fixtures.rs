@@ -227,13 +227,15 @@ pub(crate) fn fresh(template: &ConsumedRecord) -> ConsumedRecord {
         ranges.push((push(&h.key), h.value.as_ref().map(&mut push)));
     }
     let buf = Bytes::from(buf);
-    let mut headers = kafka_tower::RawHeaders::with_capacity(ranges.len());
-    for (k, v) in ranges {
-        headers.push(RawHeader {
+    // Shared, as the runtime's copy is: attempts clone it for free.
+    let headers: std::sync::Arc<[RawHeader]> = ranges
+        .into_iter()
+        .map(|(k, v)| RawHeader {
             key: buf.slice(k),
             value: v.map(|v| buf.slice(v)),
-        });
-    }
+        })
+        .collect();
+    let headers = kafka_tower::RawHeaders::from(headers);
     ConsumedRecord {
         topic: template.topic.clone(),
         partition: template.partition,

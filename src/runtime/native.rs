@@ -115,18 +115,40 @@ pub(crate) fn to_consumed_record(
     };
     let key_range = key.map(&mut push);
     let payload_range = payload.map(&mut push);
-    let mut header_ranges = Vec::with_capacity(count);
     for h in borrowed_headers(msg) {
-        header_ranges.push((push(h.key), h.value.map(&mut push)));
+        push(h.key);
+        if let Some(v) = h.value {
+            push(v);
+        }
     }
     let buf = Bytes::from(buf);
-    let mut headers = RawHeaders::with_capacity(header_ranges.len());
-    for (k, v) in header_ranges {
-        headers.push(RawHeader {
-            key: buf.slice(k),
-            value: v.map(|v| buf.slice(v)),
+    // The headers' ranges follow from their lengths in the order they were
+    // copied; the list is built in one allocation that attempts share.
+    let mut at = key_range.as_ref().map_or(0, |r| r.end);
+    at = payload_range.as_ref().map_or(at, |r| r.end);
+    let mut slice = |len: usize| {
+        let s = buf.slice(at..at + len);
+        at += len;
+        s
+    };
+    let mut headers = std::sync::Arc::<[RawHeader]>::new_uninit_slice(count);
+    let slots = std::sync::Arc::get_mut(&mut headers).expect("just made, not shared");
+    let mut written = 0;
+    for (slot, h) in slots.iter_mut().zip(borrowed_headers(msg)) {
+        slot.write(RawHeader {
+            key: slice(h.key.len()),
+            value: h.value.map(|v| slice(v.len())),
         });
+        written += 1;
     }
+    assert_eq!(
+        written, count,
+        "librdkafka's header list changed while read"
+    );
+    // SAFETY: every one of the `count` slots was written above (the
+    // header list is the same on every pass: it belongs to `msg`, which
+    // nothing else touches meanwhile).
+    let headers = unsafe { headers.assume_init() };
     crate::ConsumedRecord {
         topic,
         partition: msg.partition(),
@@ -135,6 +157,6 @@ pub(crate) fn to_consumed_record(
         timestamp_type,
         key: key_range.map(|r| buf.slice(r)),
         payload: payload_range.map(|r| buf.slice(r)),
-        headers,
+        headers: RawHeaders::from(headers),
     }
 }

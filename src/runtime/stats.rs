@@ -1,5 +1,6 @@
 //! [`RuntimeStats`]: live counters of a running consumer.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -21,11 +22,11 @@ pub struct PartitionLag {
 pub struct RuntimeStats {
     pub(crate) buffered: AtomicUsize,
     pub(crate) peak_buffered: AtomicUsize,
-    pub(crate) in_flight: AtomicUsize,
+    pub(crate) in_flight: Striped,
     pub(crate) paused_partitions: AtomicUsize,
     pub(crate) pauses: AtomicU64,
-    pub(crate) attempts: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
+    pub(crate) attempts: Striped,
+    pub(crate) succeeded: Striped,
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) dead_letter_write_failures: AtomicU64,
@@ -53,7 +54,7 @@ impl RuntimeStats {
     }
     /// Records handed to the service and not finished.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+        self.in_flight.sum() as usize
     }
     /// Partitions paused right now because their lane was busy without
     /// finishing a record for `pause_after`.
@@ -67,11 +68,11 @@ impl RuntimeStats {
     }
     /// Calls made to the service, retries included.
     pub fn attempts(&self) -> u64 {
-        self.attempts.load(Relaxed)
+        self.attempts.sum()
     }
     /// Records the service handled with a `2xx`.
     pub fn succeeded(&self) -> u64 {
-        self.succeeded.load(Relaxed)
+        self.succeeded.sum()
     }
     /// Retries scheduled after retryable failures.
     pub fn retries(&self) -> u64 {
@@ -138,5 +139,89 @@ impl RuntimeStats {
     }
     pub(crate) fn sub_buffered(&self, n: usize) {
         self.buffered.fetch_sub(n, Relaxed);
+    }
+}
+
+/// A counter updated on every record by every lane: one slot per thread
+/// (each on its own cache line), summed when read, so that lanes on
+/// different threads never write the same cache line. Also a gauge: a
+/// slot may wrap below zero when a task moves threads between `add` and
+/// `sub`; the wrapping sum is still exact.
+#[derive(Default)]
+pub(crate) struct Striped([Slot; STRIPES]);
+
+const STRIPES: usize = 8;
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Slot(AtomicU64);
+
+thread_local! {
+    /// This thread's slot: threads take slots in turn as they first count.
+    static STRIPE: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % STRIPES
+    };
+}
+
+impl Striped {
+    #[inline]
+    fn slot(&self) -> &AtomicU64 {
+        let i = STRIPE.try_with(|i| *i).unwrap_or(0);
+        &self.0[i].0
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.slot().fetch_add(n, Relaxed);
+    }
+
+    /// Subtracts `n` (a gauge going down).
+    #[inline]
+    pub(crate) fn sub(&self, n: u64) {
+        self.slot().fetch_sub(n, Relaxed);
+    }
+
+    /// The count: the sum of every slot.
+    pub(crate) fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |acc, s| acc.wrapping_add(s.0.load(Relaxed)))
+    }
+}
+
+impl fmt::Debug for Striped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.sum(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_striped_gauge_sums_exactly_whichever_threads_count() {
+        let g = std::sync::Arc::new(Striped::default());
+        // Up on some threads, down on others: slots go below zero, the
+        // sum does not.
+        let ups: Vec<_> = (0..4)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| g.add(1)))
+            })
+            .collect();
+        ups.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(g.sum(), 4000);
+        let downs: Vec<_> = (0..3)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| g.sub(1)))
+            })
+            .collect();
+        downs.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(g.sum(), 1000);
+        assert_eq!(format!("{g:?}"), "1000");
     }
 }
