@@ -20,7 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use fixtures::{fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC};
+use fixtures::{fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop};
 use kafka_tower::context::CaptureContextLayer;
 use kafka_tower::runtime::bench_support::ServingPath;
 use tower::ServiceBuilder;
@@ -137,13 +137,12 @@ fn main() {
     let _enter = rt.enter();
     let token = fixtures::hs256_token();
     let template = record(&token);
-    let uri = kafka_tower::mapping::topic_uri(TOPIC);
     let group: std::sync::Arc<str> = "bench".into();
 
     let path = ServingPath::new();
     let path_no_ctx = ServingPath::with_context_capture(false);
     let audit = fixtures::auditor(true);
-    let stack = ServiceBuilder::new()
+    let mut stack = ServiceBuilder::new()
         .layer(kafka_tower_trace::TraceLayer::new())
         .layer(audit.layer())
         .layer(jwt_layer(1000))
@@ -168,21 +167,21 @@ fn main() {
             "serving path, no-op service, context capture off",
             Box::new(|| {
                 let r = fresh(&template);
-                assert!(ready(path_no_ctx.serve_with_uri(Noop, &r, uri.clone())));
+                assert!(ready(path_no_ctx.serve(&mut Noop, &r)));
             }),
         ),
         (
             "serving path, no-op service (default config)",
             Box::new(|| {
                 let r = fresh(&template);
-                assert!(ready(path.serve_with_uri(Noop, &r, uri.clone())));
+                assert!(ready(path.serve(&mut Noop, &r)));
             }),
         ),
         (
             "serving path, full stack (trace, audit, JWT cache hit, metrics, schema, context)",
             Box::new(|| {
                 let r = fresh(&template);
-                assert!(ready(path.serve_with_uri(stack.clone(), &r, uri.clone())));
+                assert!(ready(path.serve(&mut stack, &r)));
             }),
         ),
     ];

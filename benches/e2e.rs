@@ -7,7 +7,16 @@
 //!   commits on (the default configuration);
 //! * `stack` — the same runtime with the full layer stack (tracing without
 //!   a subscriber, audit to a null sink, JWT with the cache on, Prometheus
-//!   metrics, JSON Schema, context capture).
+//!   metrics, JSON Schema, context capture);
+//! * `raw-eos` — a raw rust-rdkafka consume-transform-produce loop: one
+//!   transaction per batch of up to 500 records (or 100 ms), one output
+//!   record per input, the batch's offsets sent to the transaction;
+//! * `eos` — `Consumer::serve_exactly_once` with the same batch limits and
+//!   a handler that puts one output per input into its `Outbox`.
+//!
+//! The two exactly-once variants read the first `BENCH_E2E_EOS_RECORDS`
+//! (default 200000) records of the same topic and write to a topic of
+//! their own per run.
 //!
 //! ```text
 //! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench --bench e2e
@@ -54,6 +63,11 @@ use serde_json::json;
 use tower::{Service, ServiceBuilder};
 
 const VARIANTS: [&str; 3] = ["raw", "runtime", "stack"];
+const EOS_VARIANTS: [&str; 2] = ["raw-eos", "eos"];
+/// Records per transaction at most, and how long a batch waits for them:
+/// the same for both exactly-once variants (the runtime's defaults).
+const EOS_MAX_BATCH: usize = 500;
+const EOS_MAX_DELAY: Duration = Duration::from_millis(100);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -113,14 +127,20 @@ fn parent(bootstrap: &str) {
     let topic = format!("bench-e2e-{n}x{size}B-{partitions}p");
     let fill_secs = fill(bootstrap, &topic, n, size, partitions);
 
+    let eos_n = env_u64("BENCH_E2E_EOS_RECORDS", 200_000).min(n);
     let exe = std::env::current_exe().unwrap();
     let mut results: Vec<(u64, serde_json::Value)> = Vec::new();
     for round in 1..=rounds {
-        for variant in VARIANTS {
+        for variant in VARIANTS.iter().chain(&EOS_VARIANTS) {
+            let records = if EOS_VARIANTS.contains(variant) {
+                eos_n
+            } else {
+                n
+            };
             let group = format!("bench-e2e-{variant}-{}-{round}", std::process::id());
             let out = Command::new(&exe)
                 .args(["--variant", variant, "--topic", &topic, "--group", &group])
-                .args(["--records", &n.to_string()])
+                .args(["--records", &records.to_string()])
                 .output()
                 .expect("re-exec the bench binary");
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
@@ -230,6 +250,44 @@ fn parent(bootstrap: &str) {
             }
         ));
     }
+    let (me_raw, me_rt) = (
+        median("raw-eos", "records_per_sec"),
+        median("eos", "records_per_sec"),
+    );
+    let (ce_raw, ce_rt) = (
+        median("raw-eos", "cpu_ns_per_record"),
+        median("eos", "cpu_ns_per_record"),
+    );
+    md.push_str(&format!(
+        "\nExactly-once consume-transform-produce: the first {eos_n} records, one output \
+         per input, a transaction per batch of up to {EOS_MAX_BATCH} records or {} ms \
+         (median of {rounds} rounds)\n\n",
+        EOS_MAX_DELAY.as_millis()
+    ));
+    md.push_str("| variant | records/s | ÷ raw | CPU µs/record | ÷ raw CPU | peak RSS |\n|---|---|---|---|---|---|\n");
+    for (variant, label, rate, cpu) in [
+        (
+            "raw-eos",
+            "(d) raw rdkafka transactional loop",
+            me_raw,
+            ce_raw,
+        ),
+        (
+            "eos",
+            "(e) runtime exactly-once, one-output handler",
+            me_rt,
+            ce_rt,
+        ),
+    ] {
+        md.push_str(&format!(
+            "| {label} | {rate:.0} | {:.3} | {:.2} | {:.2} | {:.1} MiB |\n",
+            rate / me_raw,
+            cpu / 1e3,
+            cpu / ce_raw,
+            median(variant, "peak_rss_kib") / 1024.0,
+        ));
+    }
+    md.push('\n');
     print!("{md}");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(format!("{dir}/e2e.md"), &md).unwrap();
@@ -240,6 +298,10 @@ fn parent(bootstrap: &str) {
         "ratios": {"b_over_a": mb / ma, "c_over_a": mc / ma},
         "cpu_ns_per_record": {"raw": ca, "runtime": cb, "stack": cc},
         "cpu_ratios": {"b_over_a": cb / ca, "c_over_a": cc / ca},
+        "eos": {"records": eos_n, "raw": me_raw, "runtime": me_rt,
+            "ratio": me_rt / me_raw, "cpu_ns_per_record": {"raw": ce_raw, "runtime": ce_rt}},
+        "pauses": {"runtime": median("runtime", "pauses")},
+        "peak_rss_kib": {"raw": median("raw", "peak_rss_kib"), "runtime": median("runtime", "peak_rss_kib")},
         "runs": results.iter().map(|(r, v)| { let mut v = v.clone(); v["round"] = json!(r); v }).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -542,6 +604,11 @@ fn child(args: &[String], variant: &str) {
     let mut extra = json!({});
     match variant {
         "raw" => raw(&bootstrap, &topic, &group, tally, timeout),
+        "raw-eos" => raw_eos(&bootstrap, &topic, &group, tally, timeout),
+        "eos" => {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            extra = rt.block_on(runtime_eos(&bootstrap, &topic, &group, tally, timeout));
+        }
         "runtime" | "stack" => {
             let rt = tokio::runtime::Runtime::new().unwrap();
             extra = rt.block_on(runtime(
@@ -557,7 +624,7 @@ fn child(args: &[String], variant: &str) {
     }
     let served = tally.count.load(Relaxed);
     let failed = tally.failed.load(Relaxed);
-    let (p50, p99) = if variant == "raw" {
+    let (p50, p99) = if variant.starts_with("raw") {
         (None, None)
     } else {
         (tally.hist.quantile(0.5), tally.hist.quantile(0.99))
@@ -603,6 +670,160 @@ fn raw(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Durati
         }
     }
     std::hint::black_box(touched);
+}
+
+/// The output topic of an exactly-once run (one per group: a fresh topic
+/// each run, so no run reads another's transactions).
+fn eos_output(bootstrap: &str, group: &str) -> String {
+    let out = format!("{group}-out");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new(&out, 16, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    out
+}
+
+fn raw_eos(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Duration) {
+    use rdkafka::producer::BaseProducer;
+    use rdkafka::TopicPartitionList;
+    let out = eos_output(bootstrap, group);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("{group}-tx"))
+        .create()
+        .unwrap();
+    let call = Duration::from_secs(30);
+    producer.init_transactions(call).unwrap();
+    let deadline = Instant::now() + timeout;
+    while tally.count.load(Relaxed) < tally.target {
+        assert!(Instant::now() < deadline, "raw exactly-once: timed out");
+        let Some(first) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        producer.begin_transaction().unwrap();
+        let mut offsets: std::collections::HashMap<i32, i64> = Default::default();
+        let mut pending = Some(first);
+        let mut n = 0;
+        let batch_end = Instant::now() + EOS_MAX_DELAY;
+        loop {
+            if let Some(Ok(msg)) = pending.take() {
+                tally.start();
+                let mut record = BaseRecord::<[u8], [u8]>::to(&out);
+                if let Some(k) = msg.key() {
+                    record = record.key(k);
+                }
+                if let Some(p) = msg.payload() {
+                    record = record.payload(p);
+                }
+                while let Err((e, r)) = producer.send(record) {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "{e}"
+                    );
+                    producer.poll(Duration::from_millis(1));
+                    record = r;
+                }
+                offsets.insert(msg.partition(), msg.offset() + 1);
+                n += 1;
+                tally.finish(None, true);
+            }
+            let left = batch_end.saturating_duration_since(Instant::now());
+            if n >= EOS_MAX_BATCH || left.is_zero() || tally.count.load(Relaxed) >= tally.target {
+                break;
+            }
+            pending = consumer.poll(left);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &offsets {
+            tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o))
+                .unwrap();
+        }
+        producer
+            .send_offsets_to_transaction(&tpl, &consumer.group_metadata().unwrap(), call)
+            .unwrap();
+        producer.commit_transaction(call).unwrap();
+    }
+}
+
+async fn runtime_eos(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    tally: &'static Tally,
+    timeout: Duration,
+) -> serde_json::Value {
+    use kafka_tower::runtime::{ExactlyOnce, Outbox, ProducerConfig};
+    let out = eos_output(bootstrap, group);
+    let consumer = Consumer::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(group)
+        .topics([topic])
+        .property("auto.offset.reset", "earliest")
+        .build()
+        .unwrap();
+    let stats = consumer.stats();
+    let mut producer = ProducerConfig::new(bootstrap);
+    producer.transactional_id = Some(format!("{group}-tx"));
+    let mut settings = ExactlyOnce::new(producer);
+    settings.max_batch = EOS_MAX_BATCH;
+    settings.max_delay = EOS_MAX_DELAY;
+    let handler = tower::service_fn(move |req: Request<RecordBody>| {
+        let outbox = req.extensions().get::<Outbox>().unwrap().clone();
+        let key = req
+            .extensions()
+            .get::<kafka_tower::RecordMeta>()
+            .unwrap()
+            .key()
+            .cloned();
+        outbox.send(kafka_tower::OutgoingRecord {
+            topic: out.clone(),
+            key,
+            payload: req.into_body().into_payload(),
+            ..Default::default()
+        });
+        async { Ok::<_, std::convert::Infallible>(Response::new(String::new())) }
+    });
+    let shutdown = async {
+        tokio::select! {
+            _ = tally.done.notified() => {}
+            _ = tokio::time::sleep(timeout) => panic!("runtime exactly-once: timed out"),
+        }
+    };
+    consumer
+        .serve_exactly_once(
+            Probe {
+                inner: handler,
+                tally,
+            },
+            settings,
+            shutdown,
+        )
+        .await
+        .unwrap();
+    json!({"dead_lettered": stats.dead_lettered(), "producer_recreations": stats.producer_recreations()})
 }
 
 async fn runtime(

@@ -102,18 +102,17 @@ fn record_path(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    let uri = kafka_tower::mapping::topic_uri(TOPIC);
     for (name, capture) in [
         ("serving_path_noop", true),
         ("serving_path_noop_no_context", false),
     ] {
         let path = ServingPath::with_context_capture(capture);
-        assert!(ready(path.serve_with_uri(Noop, &rec, uri.clone())));
+        assert!(ready(path.serve(&mut Noop, &rec)));
         g.bench_function(name, |b| {
             b.iter_batched(
                 || fresh(&rec),
                 |r| {
-                    assert!(ready(path.serve_with_uri(Noop, &r, uri.clone())));
+                    assert!(ready(path.serve(&mut Noop, &r)));
                     r // dropped outside the measurement, as the record's own cost
                 },
                 BatchSize::SmallInput,
@@ -287,14 +286,13 @@ fn layers(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     bench_layer(&mut g, "full_stack", full_stack(), &rec);
     let path = ServingPath::new();
-    let uri = kafka_tower::mapping::topic_uri(TOPIC);
-    let svc = full_stack().service(Noop);
-    assert!(ready(path.serve_with_uri(svc.clone(), &rec, uri.clone())));
+    let mut svc = full_stack().service(Noop);
+    assert!(ready(path.serve(&mut svc, &rec)));
     g.bench_function("serving_path_full_stack", |b| {
         b.iter_batched(
             || fresh(&rec),
             |r| {
-                assert!(ready(path.serve_with_uri(svc.clone(), &r, uri.clone())));
+                assert!(ready(path.serve(&mut svc, &r)));
                 r
             },
             BatchSize::SmallInput,

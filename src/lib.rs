@@ -21,7 +21,10 @@
 //!   the dead-letter topic. A layer that refuses a record says who and why
 //!   with a [`Refusal`] extension.
 //! * The runtime (`Consumer`, feature `runtime`) owns offsets, ordering,
-//!   backpressure, retries and dead-lettering.
+//!   backpressure, retries and dead-lettering. For bulk writes,
+//!   `Consumer::serve_batches` serves a partition's records together as an
+//!   `http::Request<RecordBatch>`, and a `BatchOutcome` in the answer says
+//!   which of them failed.
 //! * Producing is a `Service` over `http::Request` too (`runtime::Producer`),
 //!   so tower layers apply to it; [`context::InjectContextLayer`] puts the
 //!   caller's token, correlation id and trace context — the

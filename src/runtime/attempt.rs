@@ -6,7 +6,7 @@
 //! ([`super::exactly_once`]) differ only in what they do with the outcome.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Uri};
@@ -20,7 +20,8 @@ use super::outcome::{invoke, ErrorClass, Failure};
 use super::service::RecordService;
 use super::stats::RuntimeStats;
 use crate::context::{ContextConfig, PropagatedContext, CORRELATION_ID};
-use crate::{ConsumedRecord, RecordBody};
+use crate::mapping::HeaderNameCache;
+use crate::{ConsumedRecord, MappingError, RecordBody};
 
 /// What the attempt loop needs, whatever the partition and the mode.
 pub(crate) struct AttemptPolicy {
@@ -58,6 +59,100 @@ impl AttemptPolicy {
     }
 }
 
+/// What a partition's records become requests for: the topic's URI, built
+/// once, the group, and the header names its records carried before.
+pub(crate) struct RequestTarget {
+    uri: Uri,
+    // The lane's own copy of the group name, cloned into every request's
+    // `RecordMeta`: its reference count is not shared between threads.
+    group: Arc<str>,
+    // A lock the lane's own records take in turn (uncontended: one lane,
+    // one task); a key-mode lane's concurrent records share it too.
+    names: Mutex<HeaderNameCache>,
+}
+
+impl RequestTarget {
+    /// The target of `topic`'s records consumed by `group`.
+    pub(crate) fn new(topic: &str, group: &str) -> Self {
+        RequestTarget {
+            uri: crate::mapping::topic_uri(topic),
+            group: Arc::from(group),
+            names: Mutex::default(),
+        }
+    }
+
+    /// The topic's URI.
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request of one attempt at `record`.
+    pub(crate) fn request(
+        &self,
+        record: &ConsumedRecord,
+        attempt: u32,
+    ) -> Result<Request<RecordBody>, MappingError> {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        record.clone().try_into_request_cached(
+            self.uri.clone(),
+            Some(self.group.clone()),
+            attempt,
+            &mut names,
+        )
+    }
+}
+
+/// A record's propagated context, captured once so that every attempt
+/// sees the same (possibly generated) correlation id.
+pub(crate) struct RecordContext {
+    pub(crate) context: PropagatedContext,
+    /// The correlation id was generated here (the record had none).
+    generated: bool,
+}
+
+impl RecordContext {
+    /// Puts the context into an attempt's request: the extension, and the
+    /// generated correlation id into its headers.
+    pub(crate) fn decorate(&self, req: &mut Request<RecordBody>) {
+        if self.generated {
+            if let Some(v) = self.context.get(&CORRELATION_ID) {
+                req.headers_mut().insert(CORRELATION_ID, v.clone());
+            }
+        }
+        req.extensions_mut().insert(self.context.clone());
+    }
+}
+
+/// The record's context when `context.capture` is on; a record whose
+/// propagated headers HTTP cannot carry fails (`400`, permanent).
+pub(crate) fn capture_context(
+    policy: &AttemptPolicy,
+    record: &ConsumedRecord,
+) -> Result<Option<RecordContext>, Failure> {
+    let Some(config) = &policy.context else {
+        return Ok(None);
+    };
+    match PropagatedContext::from_raw_headers(&record.headers, config) {
+        Ok(mut context) => {
+            let generated = config.generates_correlation_id() && context.correlation_id().is_none();
+            if generated {
+                context.ensure_correlation_id();
+            }
+            Ok(Some(RecordContext { context, generated }))
+        }
+        Err(bad) => {
+            let mut failure = runtime_failure("context", "invalid_header", bad.to_string());
+            failure.status = Some(http::StatusCode::BAD_REQUEST);
+            Err(failure)
+        }
+    }
+}
+
+/// The failure of a record HTTP cannot represent.
+pub(crate) fn mapping_failure(e: &MappingError) -> Failure {
+    runtime_failure("mapping", e.reason(), e.to_string())
+}
+
 /// How the attempts at one record ended.
 #[derive(Debug)]
 pub(crate) enum Attempted {
@@ -93,139 +188,67 @@ fn runtime_failure(failed_by: &str, reason: &str, message: String) -> Failure {
 /// fails; `lane_held` counts the lane's held records meanwhile.
 pub(crate) async fn serve_attempts<S: RecordService>(
     policy: &AttemptPolicy,
-    service: S,
+    service: &mut S,
     record: &ConsumedRecord,
-    uri: &Uri,
+    target: &RequestTarget,
     cancel: &CancellationToken,
     lane_held: Option<&AtomicUsize>,
     mut prepare: impl FnMut(&mut Request<RecordBody>),
 ) -> Attempted {
-    // The record's context, captured once so that every attempt sees the
-    // same (possibly generated) correlation id.
-    let context = match &policy.context {
-        None => None,
-        Some(config) => match PropagatedContext::from_raw_headers(&record.headers, config) {
-            Ok(mut ctx) => {
-                let generated = config.generates_correlation_id() && ctx.correlation_id().is_none();
-                if generated {
-                    ctx.ensure_correlation_id();
-                }
-                Some((ctx, generated))
+    let context = match capture_context(policy, record) {
+        Ok(context) => context,
+        Err(failure) => {
+            return Attempted::Failed {
+                failure,
+                attempts: 0,
             }
-            Err(bad) => {
-                let mut failure = runtime_failure("context", "invalid_header", bad.to_string());
-                failure.status = Some(http::StatusCode::BAD_REQUEST);
-                return Attempted::Failed {
-                    failure,
-                    attempts: 0,
-                };
-            }
-        },
+        }
     };
+    let subject = Subject::record(record);
+    let mut retries = Retries::new(policy, lane_held);
     let mut attempt = 1u32;
-    let mut held: Option<Held<'_>> = None;
     loop {
-        let mut req = match record.clone().try_into_request_with_uri(
-            uri.clone(),
-            Some(policy.group.clone()),
-            attempt,
-        ) {
+        let mut req = match target.request(record, attempt) {
             Ok(req) => req,
             Err(e) => {
                 return Attempted::Failed {
-                    failure: runtime_failure("mapping", e.reason(), e.to_string()),
+                    failure: mapping_failure(&e),
                     attempts: attempt - 1,
                 }
             }
         };
-        policy.stats.attempts.fetch_add(1, Relaxed);
+        policy.stats.attempts.add(1);
         prepare(&mut req);
         let outcome = match &context {
-            None => invoke(service.clone(), req, policy.max_error_len).await,
-            Some((ctx, generated)) => {
-                if *generated {
-                    if let Some(v) = ctx.get(&CORRELATION_ID) {
-                        req.headers_mut().insert(CORRELATION_ID, v.clone());
-                    }
-                }
-                req.extensions_mut().insert(ctx.clone());
-                ctx.clone()
-                    .scope(invoke(service.clone(), req, policy.max_error_len))
+            None => invoke(service, req, policy.max_error_len).await,
+            Some(ctx) => {
+                ctx.decorate(&mut req);
+                ctx.context
+                    .clone()
+                    .scope(invoke(service, req, policy.max_error_len))
                     .await
             }
         };
+        if outcome.is_err() {
+            // The instance whose call failed is not called again: the next
+            // attempt (or record) gets a fresh clone, so whatever the
+            // failed call left in it (a reserved slot, a panic midway)
+            // stays behind.
+            *service = service.clone();
+        }
         match outcome {
             Ok(()) => {
-                policy.stats.succeeded.fetch_add(1, Relaxed);
-                if let Some(h) = &held {
-                    tracing::info!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        attempt, held_for = ?h.since.elapsed(),
-                        "the record succeeds again: its partition resumes"
-                    );
-                }
+                policy.stats.succeeded.add(1);
+                retries.succeeded(&subject, attempt);
                 return Attempted::Succeeded;
             }
             Err(f) if f.class.is_retryable() => {
-                if attempt >= policy.retry.max_attempts {
-                    // Exhausted on a retryable failure: hold the partition
-                    // (keep retrying at the capped backoff) rather than
-                    // dead-letter, up to `retry.hold`. A panic during a
-                    // hold keeps it (the outage may surface as one).
-                    // A panic is a bug met by this record, not an outage.
-                    let hold = policy.retry.hold;
-                    let since = match &held {
-                        Some(h) => h.since,
-                        None if hold.is_zero() || f.class == ErrorClass::Panic => {
-                            return Attempted::Failed {
-                                failure: f,
-                                attempts: attempt,
-                            }
-                        }
-                        None => {
-                            tracing::warn!(
-                                topic = %record.topic, partition = record.partition, offset = record.offset,
-                                attempts = attempt, error_class = f.class.as_str(), error = %f.message,
-                                "retries exhausted on a retryable failure: holding the partition \
-                                 (retrying every ≤ {:?} for up to {hold:?}) instead of dead-lettering",
-                                policy.retry.max_backoff
-                            );
-                            held.insert(Held::new(&policy.stats, lane_held)).since
-                        }
+                let Some(delay) = retries.next_delay(&subject, attempt, &f) else {
+                    return Attempted::Failed {
+                        failure: retries.give_up(attempt, f),
+                        attempts: attempt,
                     };
-                    let elapsed = since.elapsed();
-                    if elapsed >= hold {
-                        let mut failure = f;
-                        failure.message = format!(
-                            "still failing after holding the partition for {:?} ({attempt} attempts): {}",
-                            Duration::from_secs(elapsed.as_secs()),
-                            failure.message
-                        );
-                        return Attempted::Failed {
-                            failure,
-                            attempts: attempt,
-                        };
-                    }
-                }
-                policy.stats.retries.fetch_add(1, Relaxed);
-                let mut delay = policy.retry.delay(attempt);
-                if let Some(h) = &held {
-                    // The last try of a hold comes when it runs out.
-                    delay = delay.min(policy.retry.hold.saturating_sub(h.since.elapsed()));
-                }
-                if held.is_none() {
-                    tracing::warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        attempt, error_class = f.class.as_str(), error = %f.message,
-                        "retrying in {delay:?}"
-                    );
-                } else {
-                    tracing::debug!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        attempt, error_class = f.class.as_str(), error = %f.message,
-                        "held: retrying in {delay:?}"
-                    );
-                }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = cancel.cancelled() => return Attempted::Cancelled,
@@ -238,6 +261,130 @@ pub(crate) async fn serve_attempts<S: RecordService>(
                     attempts: attempt,
                 }
             }
+        }
+    }
+}
+
+/// What the attempts are at, for the logs: one record, or a batch of a
+/// partition's records from `offset`.
+pub(crate) struct Subject<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) records: usize,
+}
+
+impl<'a> Subject<'a> {
+    pub(crate) fn record(record: &'a ConsumedRecord) -> Self {
+        Subject {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            records: 1,
+        }
+    }
+}
+
+/// The rule after a retryable failure, the same for a record and a batch:
+/// back off (exponentially, with jitter) and try again up to
+/// `retry.max_attempts`; once they are spent, hold the partition — keep
+/// retrying at the capped backoff rather than dead-letter — up to
+/// `retry.hold`, then give up. A panic is a bug met by this record, not an
+/// outage: it does not start a hold (but a panic during a hold keeps it,
+/// as the outage may surface as one).
+pub(crate) struct Retries<'a> {
+    policy: &'a AttemptPolicy,
+    lane_held: Option<&'a AtomicUsize>,
+    held: Option<Held<'a>>,
+}
+
+impl<'a> Retries<'a> {
+    /// `lane_held` counts the lane's holding subjects while they hold.
+    pub(crate) fn new(policy: &'a AttemptPolicy, lane_held: Option<&'a AtomicUsize>) -> Self {
+        Retries {
+            policy,
+            lane_held,
+            held: None,
+        }
+    }
+
+    /// Attempt `attempt` failed retryably with `f`: how long to wait before
+    /// the next one, or `None` to give up (see [`Retries::give_up`]).
+    pub(crate) fn next_delay(
+        &mut self,
+        subject: &Subject<'_>,
+        attempt: u32,
+        f: &Failure,
+    ) -> Option<Duration> {
+        let retry = &self.policy.retry;
+        if attempt >= retry.max_attempts {
+            let hold = retry.hold;
+            let since = match &self.held {
+                Some(h) => h.since,
+                None if hold.is_zero() || f.class == ErrorClass::Panic => return None,
+                None => {
+                    tracing::warn!(
+                        topic = %subject.topic, partition = subject.partition, offset = subject.offset,
+                        records = subject.records, attempts = attempt,
+                        error_class = f.class.as_str(), error = %f.message,
+                        "retries exhausted on a retryable failure: holding the partition \
+                         (retrying every ≤ {:?} for up to {hold:?}) instead of dead-lettering",
+                        retry.max_backoff
+                    );
+                    self.held
+                        .insert(Held::new(&self.policy.stats, self.lane_held))
+                        .since
+                }
+            };
+            if since.elapsed() >= hold {
+                return None;
+            }
+        }
+        self.policy.stats.retries.fetch_add(1, Relaxed);
+        let mut delay = retry.delay(attempt);
+        match &self.held {
+            None => tracing::warn!(
+                topic = %subject.topic, partition = subject.partition, offset = subject.offset,
+                records = subject.records, attempt,
+                error_class = f.class.as_str(), error = %f.message,
+                "retrying in {delay:?}"
+            ),
+            Some(h) => {
+                // The last try of a hold comes when it runs out.
+                delay = delay.min(retry.hold.saturating_sub(h.since.elapsed()));
+                tracing::debug!(
+                    topic = %subject.topic, partition = subject.partition, offset = subject.offset,
+                    records = subject.records, attempt,
+                    error_class = f.class.as_str(), error = %f.message,
+                    "held: retrying in {delay:?}"
+                );
+            }
+        }
+        Some(delay)
+    }
+
+    /// The failure to dispose of when [`Retries::next_delay`] gave up after
+    /// `attempt` attempts: `f`, saying how long the partition was held, if
+    /// it was.
+    pub(crate) fn give_up(&self, attempt: u32, mut f: Failure) -> Failure {
+        if let Some(h) = &self.held {
+            f.message = format!(
+                "still failing after holding the partition for {:?} ({attempt} attempts): {}",
+                Duration::from_secs(h.since.elapsed().as_secs()),
+                f.message
+            );
+        }
+        f
+    }
+
+    /// Attempt `attempt` succeeded: ends a hold, saying so.
+    pub(crate) fn succeeded(&mut self, subject: &Subject<'_>, attempt: u32) {
+        if let Some(h) = self.held.take() {
+            tracing::info!(
+                topic = %subject.topic, partition = subject.partition, offset = subject.offset,
+                records = subject.records, attempt, held_for = ?h.since.elapsed(),
+                "the record succeeds again: its partition resumes"
+            );
         }
     }
 }
@@ -345,13 +492,13 @@ pub(crate) async fn dispose(
 pub(crate) async fn serve_to_end<S: RecordService>(
     policy: &AttemptPolicy,
     writer: Option<&DeadLetterWriter>,
-    service: S,
+    service: &mut S,
     record: &ConsumedRecord,
-    uri: &Uri,
+    target: &RequestTarget,
     cancel: &CancellationToken,
     lane_held: Option<&AtomicUsize>,
 ) -> bool {
-    match serve_attempts(policy, service, record, uri, cancel, lane_held, |_| {}).await {
+    match serve_attempts(policy, service, record, target, cancel, lane_held, |_| {}).await {
         Attempted::Succeeded => true,
         Attempted::Cancelled => false,
         Attempted::Failed { failure, attempts } => {
@@ -364,6 +511,7 @@ pub(crate) async fn serve_to_end<S: RecordService>(
 mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::AtomicU32;
+    use std::sync::Mutex as StdMutex;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -424,19 +572,94 @@ mod tests {
 
     fn attempt(
         policy: &AttemptPolicy,
-        service: impl RecordService,
+        mut service: impl RecordService,
         record: &ConsumedRecord,
     ) -> Attempted {
-        let uri = crate::mapping::topic_uri(&record.topic);
+        let target = RequestTarget::new(&record.topic, &policy.group);
         run(serve_attempts(
             policy,
-            service,
+            &mut service,
             record,
-            &uri,
+            &target,
             &CancellationToken::new(),
             None,
             |_| {},
         ))
+    }
+
+    /// A service whose instances are numbered: clones get new numbers;
+    /// each call logs the number of the instance it was made on.
+    struct Numbered {
+        id: u32,
+        next: Arc<AtomicU32>,
+        statuses: &'static [u16],
+        calls: Arc<StdMutex<Vec<u32>>>,
+    }
+
+    impl Clone for Numbered {
+        fn clone(&self) -> Self {
+            Numbered {
+                id: self.next.fetch_add(1, Relaxed),
+                next: self.next.clone(),
+                statuses: self.statuses,
+                calls: self.calls.clone(),
+            }
+        }
+    }
+
+    impl tower::Service<Request<RecordBody>> for Numbered {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<RecordBody>) -> Self::Future {
+            let mut calls = self.calls.lock().unwrap();
+            let status = self.statuses[calls.len().min(self.statuses.len() - 1)];
+            calls.push(self.id);
+            let mut res = Response::new(String::new());
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            std::future::ready(Ok(res))
+        }
+    }
+
+    #[test]
+    fn records_are_served_by_the_callers_instance_and_a_failed_one_is_replaced() {
+        let p = policy(3, false);
+        let calls = Arc::new(StdMutex::new(Vec::new()));
+        let mut service = Numbered {
+            id: 0,
+            next: Arc::new(AtomicU32::new(1)),
+            statuses: &[200, 200, 503, 200, 200],
+            calls: calls.clone(),
+        };
+        let r = record();
+        let target = RequestTarget::new(&r.topic, &p.group);
+        let cancel = CancellationToken::new();
+        for _ in 0..4 {
+            let out = run(serve_attempts(
+                &p,
+                &mut service,
+                &r,
+                &target,
+                &cancel,
+                None,
+                |_| {},
+            ));
+            assert!(matches!(out, Attempted::Succeeded), "{out:?}");
+        }
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![0, 0, 0, 1, 1],
+            "no clone per record or per call; the instance whose call failed \
+             (503) is replaced by a clone for the retry and what follows"
+        );
     }
 
     #[test]
@@ -499,13 +722,22 @@ mod tests {
 
     async fn attempt_paused(
         policy: &AttemptPolicy,
-        service: impl RecordService,
+        mut service: impl RecordService,
         held: &AtomicUsize,
     ) -> Attempted {
         let r = record();
-        let uri = crate::mapping::topic_uri(&r.topic);
+        let target = RequestTarget::new(&r.topic, &policy.group);
         let cancel = CancellationToken::new();
-        serve_attempts(policy, service, &r, &uri, &cancel, Some(held), |_| {}).await
+        serve_attempts(
+            policy,
+            &mut service,
+            &r,
+            &target,
+            &cancel,
+            Some(held),
+            |_| {},
+        )
+        .await
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,7 +769,7 @@ mod tests {
         let p = holding(Duration::from_secs(3600));
         let lane = AtomicUsize::new(0);
         let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-        let service = tower::service_fn(move |_req: Request<RecordBody>| {
+        let mut service = tower::service_fn(move |_req: Request<RecordBody>| {
             let n = seen_tx.send(()).map(|_| ());
             async move {
                 n.expect("the test listens");
@@ -548,9 +780,9 @@ mod tests {
         });
         let stats = p.stats.clone();
         let r = record();
-        let uri = crate::mapping::topic_uri(&r.topic);
+        let target = RequestTarget::new(&r.topic, &p.group);
         let cancel = CancellationToken::new();
-        let serving = serve_attempts(&p, service, &r, &uri, &cancel, Some(&lane), |_| {});
+        let serving = serve_attempts(&p, &mut service, &r, &target, &cancel, Some(&lane), |_| {});
         let watching = async {
             for _ in 0..3 {
                 seen.recv().await.expect("a call");
@@ -723,13 +955,13 @@ mod tests {
         p.retry.initial_backoff = Duration::from_secs(3600);
         p.retry.max_backoff = Duration::from_secs(3600);
         let cancel = CancellationToken::new();
-        let service = answering(&[503], calls.clone());
+        let mut service = answering(&[503], calls.clone());
         let r = record();
-        let uri = crate::mapping::topic_uri("t");
+        let target = RequestTarget::new("t", &p.group);
         let out = run(async {
             let canceller = cancel.clone();
             tokio::spawn(async move { canceller.cancel() });
-            serve_attempts(&p, service, &r, &uri, &cancel, None, |_| {}).await
+            serve_attempts(&p, &mut service, &r, &target, &cancel, None, |_| {}).await
         });
         assert!(matches!(out, Attempted::Cancelled), "{out:?}");
         assert_eq!(calls.load(Relaxed), 1);

@@ -14,19 +14,19 @@
 //! use kafka_tower::{ConsumedRecord, RecordBody};
 //!
 //! let path = ServingPath::new();
-//! let noop = tower::service_fn(|_req: http::Request<RecordBody>| async {
+//! let mut noop = tower::service_fn(|_req: http::Request<RecordBody>| async {
 //!     Ok::<_, Infallible>(http::Response::new(String::new()))
 //! });
 //! let record = ConsumedRecord::builder("orders", 0, 1).build();
 //! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-//! assert!(rt.block_on(path.serve(noop, &record)));
+//! assert!(rt.block_on(path.serve(&mut noop, &record)));
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{serve_attempts, AttemptPolicy, Attempted};
+use super::attempt::{serve_attempts, AttemptPolicy, Attempted, RequestTarget};
 use super::config::RetryPolicy;
 use super::service::RecordService;
 use super::stats::RuntimeStats;
@@ -37,6 +37,7 @@ use crate::ConsumedRecord;
 pub struct ServingPath {
     policy: AttemptPolicy,
     cancel: CancellationToken,
+    target: OnceLock<(Arc<str>, RequestTarget)>,
 }
 
 impl std::fmt::Debug for ServingPath {
@@ -71,33 +72,39 @@ impl ServingPath {
                 context: capture.then(ContextConfig::default),
             },
             cancel: CancellationToken::new(),
+            target: OnceLock::new(),
         }
     }
 
-    /// Serves `record` to `service` as a lane does, building the topic's
-    /// URI on each call (a lane builds it once per partition; measure with
-    /// [`ServingPath::serve_with_uri`]). Returns whether the record
-    /// succeeded (`2xx` within the retry policy).
-    pub async fn serve<S: RecordService>(&self, service: S, record: &ConsumedRecord) -> bool {
-        let uri = crate::mapping::topic_uri(&record.topic);
-        self.serve_with_uri(service, record, uri).await
-    }
-
-    /// As [`ServingPath::serve`] with the topic's URI built by the caller
-    /// (a lane builds it once per partition, so a per-record measurement
-    /// should too: see [`topic_uri`](crate::mapping::topic_uri)).
-    pub async fn serve_with_uri<S: RecordService>(
-        &self,
-        service: S,
-        record: &ConsumedRecord,
-        uri: http::Uri,
-    ) -> bool {
+    /// Serves `record` to `service` as a lane does, calling the caller's
+    /// instance (a lane calls its own in turn; a failed call's instance is
+    /// replaced by a clone). Returns whether the record succeeded (`2xx`
+    /// within the retry policy).
+    ///
+    /// Like a lane, the path builds the request target (the topic's URI,
+    /// the cache of header names) once, for the first record's topic, and
+    /// reuses it for every record of that topic; a record of another topic
+    /// gets a target of its own for that call.
+    pub async fn serve<S: RecordService>(&self, service: &mut S, record: &ConsumedRecord) -> bool {
+        let cached = self.target.get_or_init(|| {
+            (
+                record.topic.clone(),
+                RequestTarget::new(&record.topic, &self.policy.group),
+            )
+        });
+        let other;
+        let target = if cached.0 == record.topic {
+            &cached.1
+        } else {
+            other = RequestTarget::new(&record.topic, &self.policy.group);
+            &other
+        };
         matches!(
             serve_attempts(
                 &self.policy,
                 service,
                 record,
-                &uri,
+                target,
                 &self.cancel,
                 None,
                 |_| {}

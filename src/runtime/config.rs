@@ -100,6 +100,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "retry",
     "dead_letter",
     "context",
+    "batch",
     "properties",
 ];
 
@@ -115,6 +116,34 @@ pub enum Ordering {
     /// different keys of the same partition run in parallel. Records without
     /// a key are ordered among themselves.
     Key,
+}
+
+/// How [`Consumer::serve_batches`](super::Consumer::serve_batches) groups a
+/// partition's records.
+///
+/// ```yaml
+/// batch:
+///   max_batch: 500     # records per call at most
+///   max_delay: 20ms    # wait this long for more once a batch has one
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// The most records one call gets (≥ 1; default 500).
+    pub max_batch: usize,
+    /// How long a batch waits for more records once it has one (default
+    /// `0s`: it takes what is fetched already, and does not wait).
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_batch: 500,
+            max_delay: Duration::ZERO,
+        }
+    }
 }
 
 /// Retries of retryable failures (`408`, `429`, `5xx`, `Err`, panic).
@@ -552,6 +581,9 @@ pub struct ConsumerConfig {
     /// Capture of the propagated context from each record.
     #[serde(default)]
     pub context: ContextSettings,
+    /// Batches, for [`Consumer::serve_batches`](super::Consumer::serve_batches).
+    #[serde(default)]
+    pub batch: BatchSettings,
     /// librdkafka consumer properties (`bootstrap.servers` is required).
     #[serde(default)]
     pub properties: Properties,
@@ -595,6 +627,7 @@ impl ConsumerConfig {
             retry: RetryPolicy::default(),
             dead_letter: DeadLetterPolicy::default(),
             context: ContextSettings::default(),
+            batch: BatchSettings::default(),
             properties: Properties::new(),
         }
     }
@@ -687,6 +720,9 @@ impl ConsumerConfig {
         }
         if self.buffer_per_partition == 0 {
             return err("buffer_per_partition", "must be at least 1".into());
+        }
+        if self.batch.max_batch == 0 {
+            return err("batch.max_batch", "must be at least 1".into());
         }
         if self.commit_interval.is_zero() {
             return err("commit_interval", "must be greater than zero".into());
@@ -965,6 +1001,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter)
             .field("context", &self.context)
+            .field("batch", &self.batch)
             .field("properties", &self.properties)
             .finish()
     }

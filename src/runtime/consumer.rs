@@ -19,14 +19,16 @@ use tokio::sync::Notify;
 use super::access::{AccessWatch, ClusterRefused};
 use super::attempt::AttemptPolicy;
 use super::config::{
-    ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue, RetryPolicy,
+    BatchSettings, ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue,
+    RetryPolicy,
 };
 use super::dead_letter::DeadLetterWriter;
 use super::lane::{
-    run_lane, Bell, InFlightLimit, LaneControl, LaneShared, RecordSource, TopicPartition,
+    run_lane, Batches, Bell, InFlightLimit, LaneControl, LaneShared, LaneWork, RecordSource,
+    Records, TopicPartition,
 };
 use super::native::to_consumed_record;
-use super::service::RecordService;
+use super::service::{BatchService, RecordService};
 use super::stats::RuntimeStats;
 use crate::{BoxError, ConsumedRecord};
 
@@ -136,6 +138,18 @@ impl ConsumerBuilder {
     /// record before the partition is paused.
     pub fn pause_after(mut self, after: Duration) -> Self {
         self.config.pause_after = after;
+        self
+    }
+    /// Sets the most records a batch holds
+    /// ([`Consumer::serve_batches`]).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.config.batch.max_batch = n;
+        self
+    }
+    /// Sets how long a batch waits for more records once it has one
+    /// ([`Consumer::serve_batches`]).
+    pub fn max_batch_delay(mut self, delay: Duration) -> Self {
+        self.config.batch.max_delay = delay;
         self
     }
     /// Sets the ordering mode.
@@ -287,6 +301,91 @@ impl Consumer {
         S: RecordService,
         F: Future<Output = ()> + Send,
     {
+        self.run(move || Records(service.clone()), shutdown).await
+    }
+
+    /// Serves the subscribed topics' records to `service` in batches of
+    /// one partition's records until `shutdown` completes, then drains,
+    /// commits and closes — for handlers that write in bulk.
+    ///
+    /// Each call gets an `http::Request<`[`RecordBatch`](super::RecordBatch)`>` of up to
+    /// [`BatchSettings::max_batch`] records of one partition, in offset
+    /// order: those fetched already, and those that arrive within
+    /// [`BatchSettings::max_delay`] of the first. Each record in it is the
+    /// request [`Consumer::serve`] would build. A partition's batches are
+    /// served one after the other (partitions in parallel, up to
+    /// `max_in_flight` batches), so `ordering` must be `partition`.
+    ///
+    /// What the answer means, record by record, and how failed records
+    /// are retried and dead-lettered: see [`BatchOutcome`](super::BatchOutcome). The offsets of
+    /// a batch are committed once all its records are finished.
+    ///
+    /// ```no_run
+    /// use std::convert::Infallible;
+    /// use http::{Response, StatusCode};
+    /// use kafka_tower::runtime::{BatchOutcome, Consumer, RecordBatch};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let consumer = Consumer::builder()
+    ///     .bootstrap_servers("localhost:9092")
+    ///     .group_id("order-writer")
+    ///     .topics(["orders"])
+    ///     .max_batch(500)
+    ///     .build()?;
+    /// let writer = tower::service_fn(|req: http::Request<RecordBatch>| async move {
+    ///     let mut outcome = BatchOutcome::new();
+    ///     for record in req.body() {
+    ///         let offset = record.extensions().get::<kafka_tower::RecordMeta>().unwrap().offset();
+    ///         if record.body().payload().is_none() {
+    ///             outcome.fail(offset, StatusCode::UNPROCESSABLE_ENTITY, "a tombstone is not an order");
+    ///         }
+    ///     }
+    ///     // One INSERT for the others here.
+    ///     Ok::<_, Infallible>(outcome.into_response::<String>())
+    /// });
+    /// consumer.serve_batches(writer, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails at once, before connecting, when `ordering` is `key`; otherwise
+    /// as [`Consumer::serve`].
+    pub async fn serve_batches<S, F>(self, service: S, shutdown: F) -> Result<(), ConsumerError>
+    where
+        S: BatchService,
+        F: Future<Output = ()> + Send,
+    {
+        if self.config.ordering == Ordering::Key {
+            return Err(ConsumerError::message(
+                "invalid configuration: `ordering`: batches are served in partition order; \
+                 `ordering: key` cannot be used with serve_batches",
+            ));
+        }
+        let BatchSettings {
+            max_batch,
+            max_delay,
+        } = self.config.batch;
+        self.run(
+            move || Batches {
+                service: service.clone(),
+                max_batch,
+                max_delay,
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Runs the consumer: each assigned partition gets a lane doing the
+    /// work `work` makes.
+    async fn run<W, F>(
+        self,
+        work: impl Fn() -> W + Send + 'static,
+        shutdown: F,
+    ) -> Result<(), ConsumerError>
+    where
+        W: LaneWork,
+        F: Future<Output = ()> + Send,
+    {
         let config = self.config;
         let stats = self.stats;
         let handle = tokio::runtime::Handle::current();
@@ -329,16 +428,12 @@ impl Consumer {
             queue.set_nonempty_callback(move || notify.notify_one());
             let source = PartitionFeed {
                 queue,
-                topic: tp.0.clone(),
+                // The lane's own copy: each record holds it, and a
+                // reference count that only this lane's thread touches
+                // stays in its cache.
+                topic: Arc::from(&*tp.0),
             };
-            handle.spawn(run_lane(
-                lane_shared.clone(),
-                service.clone(),
-                tp,
-                source,
-                wake,
-                ctl,
-            ))
+            handle.spawn(run_lane(lane_shared.clone(), work(), tp, source, wake, ctl))
         });
 
         let state = Mutex::new(PollState {

@@ -55,7 +55,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::access::AccessWatch;
-use super::attempt::{serve_attempts, AttemptPolicy, Attempted};
+use super::attempt::{serve_attempts, AttemptPolicy, Attempted, RequestTarget};
 use super::config::{ConsumerConfig, ProducerConfig};
 use super::consumer::{Consumer, ConsumerError};
 use super::dead_letter::provenance_headers;
@@ -711,7 +711,7 @@ impl<S: RecordService> EosRun<'_, S> {
 /// successful record and the dead letters of failed ones.
 async fn serve_partition<S: RecordService>(
     shared: &EosShared,
-    service: S,
+    mut service: S,
     records: Vec<ConsumedRecord>,
     cancel: &CancellationToken,
     dlq: &super::config::DeadLetterPolicy,
@@ -721,14 +721,14 @@ async fn serve_partition<S: RecordService>(
     let Some(first) = records.first() else {
         return Ok(outputs);
     };
-    let uri = crate::mapping::topic_uri(&first.topic);
+    let target = RequestTarget::new(&first.topic, &shared.policy.group);
     for record in &records {
         let mut outbox = Outbox::default();
         let attempted = serve_attempts(
             &shared.policy,
-            service.clone(),
+            &mut service,
             record,
-            &uri,
+            &target,
             cancel,
             None,
             |req| {

@@ -1,7 +1,7 @@
 //! One lane per assigned partition. The lane drains its partition's own
 //! librdkafka queue itself, serves the records in order (per partition, or
-//! per key), and publishes its finished prefix in atomics the committer
-//! reads. No record crosses a thread through a lock or a channel, no task
+//! per key, or in batches: see [`LaneWork`]), and publishes its finished
+//! prefix in atomics the committer reads. No record crosses a thread through a lock or a channel, no task
 //! is spawned per record and no event is sent per finished record.
 //!
 //! The lane takes a record from the queue only when it can start it (in
@@ -20,14 +20,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::FutureExt as _;
-use http::Uri;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{dispose, panic_failure, serve_to_end, AttemptPolicy};
+use super::attempt::{dispose, panic_failure, serve_to_end, AttemptPolicy, RequestTarget};
+use super::batch::serve_batch_to_end;
 use super::config::Ordering;
 use super::dead_letter::DeadLetterWriter;
-use super::service::RecordService;
+use super::service::{BatchService, RecordService};
 use crate::offsets::OffsetTracker;
 use crate::ConsumedRecord;
 
@@ -109,8 +109,12 @@ impl LaneControl {
     }
 
     fn finished(&self, commit_point: i64) {
+        self.finished_many(commit_point, 1);
+    }
+
+    fn finished_many(&self, commit_point: i64, records: u64) {
         self.commit_point.store(commit_point, Relaxed);
-        self.progress.fetch_add(1, Relaxed);
+        self.progress.fetch_add(records, Relaxed);
     }
 }
 
@@ -169,6 +173,11 @@ impl InFlightLimit {
         }
     }
 
+    /// Whether a lane waits for a slot.
+    fn has_waiters(&self) -> bool {
+        self.waiters.load(Relaxed) > 0
+    }
+
     fn try_acquire(&self) -> Option<Permit<'_>> {
         self.used
             .fetch_update(Relaxed, Relaxed, |u| (u < self.max).then_some(u + 1))
@@ -216,11 +225,53 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// What a lane serves its partition's records to: one by one
+/// ([`Records`]) or in batches ([`Batches`]).
+pub(crate) trait LaneWork: Send + 'static {
+    /// Serves the lane's records until it is cancelled or fails.
+    fn serve<'a, Src: RecordSource>(
+        self,
+        lane: &'a Lane<'a>,
+        source: &'a mut Src,
+    ) -> impl Future<Output = ()> + Send + 'a;
+}
+
+/// Records one at a time (partition order) or by key, to a service.
+pub(crate) struct Records<S>(pub(crate) S);
+
+impl<S: RecordService> LaneWork for Records<S> {
+    async fn serve<'a, Src: RecordSource>(self, lane: &'a Lane<'a>, source: &'a mut Src) {
+        match lane.shared.ordering {
+            Ordering::Partition => lane.serve_in_order(source, self.0).await,
+            Ordering::Key => lane.serve_by_key(source, self.0).await,
+        }
+    }
+}
+
+/// Batches of up to `max_batch` records, in partition order, to a batch
+/// service; a batch waits up to `max_delay` for more records once it has
+/// one.
+pub(crate) struct Batches<B> {
+    pub(crate) service: B,
+    pub(crate) max_batch: usize,
+    pub(crate) max_delay: Duration,
+}
+
+impl<B: BatchService> LaneWork for Batches<B> {
+    fn serve<'a, Src: RecordSource>(
+        self,
+        lane: &'a Lane<'a>,
+        source: &'a mut Src,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        lane.serve_batches(source, self)
+    }
+}
+
 /// Runs a lane until it is cancelled (revocation, shutdown) or fails.
 /// `wake` is notified when the source turns non-empty.
-pub(crate) async fn run_lane<S: RecordService>(
+pub(crate) async fn run_lane(
     shared: Arc<LaneShared>,
-    service: S,
+    work: impl LaneWork,
     tp: TopicPartition,
     source: impl RecordSource,
     wake: Arc<Notify>,
@@ -236,18 +287,13 @@ pub(crate) async fn run_lane<S: RecordService>(
     let mut source = source;
     let lane = Lane {
         shared: &shared,
-        uri: crate::mapping::topic_uri(&tp.0),
+        target: RequestTarget::new(&tp.0, &shared.policy.group),
         ctl: &ctl,
         wake: &wake,
     };
-    let ran = AssertUnwindSafe(async {
-        match shared.ordering {
-            Ordering::Partition => lane.serve_in_order(&mut source, service).await,
-            Ordering::Key => lane.serve_by_key(&mut source, service).await,
-        }
-    })
-    .catch_unwind()
-    .await;
+    let ran = AssertUnwindSafe(work.serve(&lane, &mut source))
+        .catch_unwind()
+        .await;
     if let Err(panic) = ran {
         let message = panic_failure(&*panic).message;
         tracing::error!(topic = %tp.0, partition = tp.1, error = %message, "lane stopped");
@@ -269,34 +315,48 @@ impl Drop for ExitGuard {
     }
 }
 
-struct Lane<'a> {
+/// A running lane: what its work is served with.
+pub(crate) struct Lane<'a> {
     shared: &'a LaneShared,
-    uri: Uri,
+    target: RequestTarget,
     ctl: &'a LaneControl,
     wake: &'a Notify,
 }
 
 impl Lane<'_> {
-    /// Partition order: one record at a time, in a loop.
-    async fn serve_in_order<S: RecordService>(&self, source: &mut impl RecordSource, service: S) {
+    /// Partition order: one record at a time, in a loop, calling the
+    /// lane's own service instance. The lane keeps its `max_in_flight`
+    /// slot from one record to the next while no other lane waits for
+    /// one, and gives it back before it waits for records.
+    async fn serve_in_order<S: RecordService>(
+        &self,
+        source: &mut impl RecordSource,
+        mut service: S,
+    ) {
         let stats = &self.shared.policy.stats;
         let mut next: Option<i64> = None;
+        let mut permit: Option<Permit<'_>> = None;
         loop {
-            let Some(record) = self.next_record(source, &mut next).await else {
+            if self.shared.in_flight.has_waiters() {
+                permit = None;
+            }
+            let Some(record) = self.next_record(source, &mut next, &mut permit).await else {
                 return;
             };
             // Everything before the record is finished: its offset is the
             // commit point until it is finished too.
             self.ctl.commit_point.store(record.offset, Relaxed);
             self.ctl.busy.store(true, Relaxed);
-            let Some(permit) = self.permit().await else {
-                stats.abandoned.fetch_add(1, Relaxed);
-                return;
-            };
-            stats.in_flight.fetch_add(1, Relaxed);
-            let finished = self.serve_supervised(&record, service.clone()).await;
-            stats.in_flight.fetch_sub(1, Relaxed);
-            drop(permit);
+            if permit.is_none() {
+                permit = self.permit().await;
+                if permit.is_none() {
+                    stats.abandoned.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            stats.in_flight.add(1);
+            let finished = self.serve_supervised(&record, &mut service).await;
+            stats.in_flight.sub(1);
             match finished {
                 Some(true) => {
                     self.ctl.finished(record.offset + 1);
@@ -307,6 +367,141 @@ impl Lane<'_> {
                     return;
                 }
                 None => return,
+            }
+        }
+    }
+
+    /// Batches: up to `max_batch` records of the partition at a time, in
+    /// order, to the lane's own instance of the batch service. Like
+    /// [`Lane::serve_in_order`] for one record, with the batch in place of
+    /// the record: the commit point stays at the batch's first offset until
+    /// every record of it is finished.
+    async fn serve_batches<B: BatchService>(
+        &self,
+        source: &mut impl RecordSource,
+        work: Batches<B>,
+    ) {
+        let Batches {
+            mut service,
+            max_batch,
+            max_delay,
+        } = work;
+        let stats = &self.shared.policy.stats;
+        let mut next: Option<i64> = None;
+        let mut permit: Option<Permit<'_>> = None;
+        loop {
+            if self.shared.in_flight.has_waiters() {
+                permit = None;
+            }
+            let Some(first) = self.next_record(source, &mut next, &mut permit).await else {
+                return;
+            };
+            let mut records = vec![first];
+            if !self
+                .fill_batch(
+                    source,
+                    &mut next,
+                    &mut permit,
+                    &mut records,
+                    max_batch,
+                    max_delay,
+                )
+                .await
+            {
+                return;
+            }
+            self.ctl.commit_point.store(records[0].offset, Relaxed);
+            self.ctl.busy.store(true, Relaxed);
+            if permit.is_none() {
+                permit = self.permit().await;
+                if permit.is_none() {
+                    stats.abandoned.fetch_add(records.len() as u64, Relaxed);
+                    return;
+                }
+            }
+            let n = records.len() as u64;
+            stats.in_flight.add(n);
+            let finished = self.serve_batch_supervised(&records, &mut service).await;
+            stats.in_flight.sub(n);
+            match finished {
+                Some(true) => {
+                    let last = records[records.len() - 1].offset;
+                    self.ctl.finished_many(last + 1, n);
+                    self.ctl.busy.store(false, Relaxed);
+                }
+                Some(false) => {
+                    stats.abandoned.fetch_add(n, Relaxed);
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Adds the partition's next records to `records`, up to `max`: those
+    /// fetched already, then those arriving within `max_delay`. `false`
+    /// once the lane is cancelled.
+    async fn fill_batch<'s>(
+        &'s self,
+        source: &mut impl RecordSource,
+        next: &mut Option<i64>,
+        permit: &mut Option<Permit<'s>>,
+        records: &mut Vec<ConsumedRecord>,
+        max: usize,
+        max_delay: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while records.len() < max {
+            if let Some(record) = source.next_ready() {
+                if next.is_some_and(|n| record.offset < n) {
+                    continue;
+                }
+                *next = Some(record.offset + 1);
+                records.push(record);
+                continue;
+            }
+            if max_delay.is_zero() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // Waiting: another lane may have the slot meanwhile.
+            *permit = None;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.ctl.cancel.cancelled() => return false,
+            }
+        }
+        !self.ctl.cancel.is_cancelled()
+    }
+
+    /// [`serve_batch_to_end`], with a panic of the runtime's own code
+    /// caught as in [`Lane::serve_supervised`]: the batch's unfinished
+    /// records are dead-lettered as `failed-by: runtime`.
+    async fn serve_batch_supervised<B: BatchService>(
+        &self,
+        records: &[ConsumedRecord],
+        service: &mut B,
+    ) -> Option<bool> {
+        let mut done = vec![false; records.len()];
+        let served = AssertUnwindSafe(serve_batch_to_end(
+            &self.shared.policy,
+            self.shared.dead_letter.as_ref(),
+            service,
+            records,
+            &self.target,
+            &self.ctl.cancel,
+            Some(&self.ctl.held),
+            &mut done,
+        ))
+        .catch_unwind()
+        .await;
+        match served {
+            Ok(finished) => Some(finished),
+            Err(panic) => {
+                let failure = panic_failure(&*panic);
+                let left = records.iter().zip(&done).filter(|(_, d)| !**d);
+                self.dead_letter_after_panic(left.map(|(r, _)| r), failure)
+                    .await
             }
         }
     }
@@ -346,7 +541,7 @@ impl Lane<'_> {
                     let record = waiting.remove(idx).expect("index from first_ready_by_key");
                     stats.sub_buffered(1);
                     busy_keys.insert(record.key.clone());
-                    running.push(self.serve_owned(record, permit, service.clone()));
+                    running.push(self.serve_owned(record, permit, &service));
                 }
             }
             self.ctl
@@ -386,7 +581,7 @@ impl Lane<'_> {
                         let record = waiting.remove(idx).expect("index from first_ready_by_key");
                         stats.sub_buffered(1);
                         busy_keys.insert(record.key.clone());
-                        running.push(self.serve_owned(record, permit, service.clone()));
+                        running.push(self.serve_owned(record, permit, &service));
                     }
                 }
                 _ = self.wake.notified(), if may_take => {}
@@ -394,17 +589,20 @@ impl Lane<'_> {
         }
     }
 
+    /// Serves a key-mode record with a clone of the lane's service (its
+    /// records run at once).
     fn serve_owned<'s, S: RecordService>(
         &'s self,
         record: ConsumedRecord,
         permit: Permit<'s>,
-        service: S,
+        service: &S,
     ) -> impl Future<Output = (ConsumedRecord, Option<bool>)> + 's {
+        let mut service = service.clone();
         async move {
             let stats = &self.shared.policy.stats;
-            stats.in_flight.fetch_add(1, Relaxed);
-            let finished = self.serve_supervised(&record, service).await;
-            stats.in_flight.fetch_sub(1, Relaxed);
+            stats.in_flight.add(1);
+            let finished = self.serve_supervised(&record, &mut service).await;
+            stats.in_flight.sub(1);
             drop(permit);
             (record, finished)
         }
@@ -412,10 +610,12 @@ impl Lane<'_> {
 
     /// The next record of the partition (skipping any delivered again),
     /// waiting for one; `None` once the lane is cancelled.
-    async fn next_record(
-        &self,
+    /// A `permit` the lane holds is given back before it waits.
+    async fn next_record<'s>(
+        &'s self,
         source: &mut impl RecordSource,
         next: &mut Option<i64>,
+        permit: &mut Option<Permit<'s>>,
     ) -> Option<ConsumedRecord> {
         loop {
             if self.ctl.cancel.is_cancelled() {
@@ -430,6 +630,7 @@ impl Lane<'_> {
                     return Some(record);
                 }
                 None => {
+                    *permit = None;
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = self.ctl.cancel.cancelled() => return None,
@@ -455,7 +656,7 @@ impl Lane<'_> {
     async fn serve_supervised<S: RecordService>(
         &self,
         record: &ConsumedRecord,
-        service: S,
+        service: &mut S,
     ) -> Option<bool> {
         let policy = &self.shared.policy;
         let writer = self.shared.dead_letter.as_ref();
@@ -465,39 +666,60 @@ impl Lane<'_> {
             writer,
             service,
             record,
-            &self.uri,
+            &self.target,
             cancel,
             Some(&self.ctl.held),
         ))
         .catch_unwind()
         .await;
-        let panic = match served {
-            Ok(finished) => return Some(finished),
-            Err(panic) => panic,
-        };
-        let failure = panic_failure(&*panic);
-        tracing::error!(
-            topic = %record.topic, partition = record.partition, offset = record.offset,
-            error = %failure.message, "runtime failure below the service: dead-lettering the record"
-        );
-        match AssertUnwindSafe(dispose(policy, writer, record, &failure, 0, cancel))
-            .catch_unwind()
-            .await
-        {
+        match served {
             Ok(finished) => Some(finished),
-            Err(again) => {
-                let message = format!(
-                    "{}[{}]@{}: {}; its dead letter failed too: {}",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    failure.message,
-                    panic_failure(&*again).message
-                );
-                *self.ctl.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-                None
+            Err(panic) => {
+                let failure = panic_failure(&*panic);
+                self.dead_letter_after_panic(std::iter::once(record), failure)
+                    .await
             }
         }
+    }
+
+    /// Dead-letters `records` with `failure` (`failed-by: runtime`) after a
+    /// panic of the runtime's own code on them. If a dead letter panics too, the lane
+    /// records the failure and stops (`None`), and the consumer stops with
+    /// an error; `Some(false)` when cancelled before the writes succeeded.
+    async fn dead_letter_after_panic<'r>(
+        &self,
+        records: impl Iterator<Item = &'r ConsumedRecord>,
+        failure: super::outcome::Failure,
+    ) -> Option<bool> {
+        let policy = &self.shared.policy;
+        let writer = self.shared.dead_letter.as_ref();
+        let cancel = &self.ctl.cancel;
+        for record in records {
+            tracing::error!(
+                topic = %record.topic, partition = record.partition, offset = record.offset,
+                error = %failure.message, "runtime failure below the service: dead-lettering the record"
+            );
+            match AssertUnwindSafe(dispose(policy, writer, record, &failure, 0, cancel))
+                .catch_unwind()
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Some(false),
+                Err(again) => {
+                    let message = format!(
+                        "{}[{}]@{}: {}; its dead letter failed too: {}",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        failure.message,
+                        panic_failure(&*again).message
+                    );
+                    *self.ctl.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                    return None;
+                }
+            }
+        }
+        Some(true)
     }
 }
 
@@ -612,7 +834,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared.clone(),
-            logging(log.clone(), gate.clone()),
+            Records(logging(log.clone(), gate.clone())),
             (Arc::from("t"), 0),
             VecSource(records.into_iter().collect()),
             Arc::new(Notify::new()),
@@ -663,7 +885,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared,
-            service,
+            Records(service),
             (Arc::from("t"), 0),
             VecSource(
                 [rec(0, "a"), rec(1, "b"), rec(2, "c")]
@@ -694,7 +916,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared,
-            logging(log.clone(), gate.clone()),
+            Records(logging(log.clone(), gate.clone())),
             (Arc::from("t"), 0),
             VecSource(
                 [rec(3, "a"), rec(4, "b"), rec(4, "b"), rec(7, "c")]
@@ -732,7 +954,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared.clone(),
-            logging(log.clone(), gate.clone()),
+            Records(logging(log.clone(), gate.clone())),
             (Arc::from("t"), 0),
             VecSource(
                 [rec(0, "a"), rec(1, "b"), rec(2, "c"), rec(3, "d")]
@@ -760,6 +982,203 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn partition_lanes_share_max_in_flight_and_give_it_back_when_idle() {
+        let shared = shared(Ordering::Partition, 1, 1);
+        let log = Log::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let lanes: Vec<_> = [("a", 0), ("b", 1)]
+            .into_iter()
+            .map(|(key, partition)| {
+                let ctl = Arc::new(LaneControl::new());
+                let lane = tokio::spawn(run_lane(
+                    shared.clone(),
+                    Records(logging(log.clone(), gate.clone())),
+                    (Arc::from("t"), partition),
+                    VecSource((0..3).map(|o| rec(o, key)).collect()),
+                    Arc::new(Notify::new()),
+                    ctl.clone(),
+                ));
+                (ctl, lane)
+            })
+            .collect();
+        until(|| log.0.lock().unwrap().len() == 1).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(log.0.lock().unwrap().len(), 1, "one slot, one call");
+        gate.add_permits(6);
+        until(|| lanes.iter().all(|(ctl, _)| ctl.progress().0 == 3)).await;
+        let served = log.0.lock().unwrap().clone();
+        for key in ["a", "b"] {
+            let offsets: Vec<i64> = served
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, o)| *o)
+                .collect();
+            assert_eq!(offsets, vec![0, 1, 2], "lane {key}: every record, in order");
+        }
+        // Both lanes are idle now: neither keeps the slot while it waits.
+        until(|| shared.in_flight.used.load(Relaxed) == 0).await;
+        assert_eq!(shared.policy.stats.in_flight(), 0);
+        for (ctl, lane) in lanes {
+            ctl.cancel.cancel();
+            lane.await.unwrap();
+        }
+    }
+
+    /// A batch service that logs each call's offsets and answers per
+    /// record with `answer(offset, attempt)` (`None`: succeeded).
+    fn batching(
+        calls: Arc<StdMutex<Vec<Vec<i64>>>>,
+        answer: fn(i64, u32) -> Option<StatusCode>,
+    ) -> impl BatchService {
+        tower::service_fn(move |req: Request<crate::runtime::RecordBatch>| {
+            let meta = req
+                .extensions()
+                .get::<crate::runtime::BatchMeta>()
+                .unwrap()
+                .clone();
+            let offsets: Vec<i64> = req
+                .body()
+                .iter()
+                .map(|r| {
+                    let m = r.extensions().get::<crate::RecordMeta>().unwrap();
+                    assert_eq!(
+                        m.attempt(),
+                        meta.attempt(),
+                        "records carry the batch's attempt"
+                    );
+                    m.offset()
+                })
+                .collect();
+            assert_eq!(meta.first_offset(), offsets[0]);
+            assert_eq!(meta.last_offset(), *offsets.last().unwrap());
+            let mut outcome = crate::runtime::BatchOutcome::new();
+            for &o in &offsets {
+                if let Some(status) = answer(o, meta.attempt()) {
+                    outcome.fail(o, status, format!("offset {o}"));
+                }
+            }
+            calls.lock().unwrap().push(offsets);
+            async move { Ok::<_, Infallible>(outcome.into_response::<String>()) }
+        })
+    }
+
+    fn batch_lane(
+        shared: &Arc<LaneShared>,
+        service: impl BatchService,
+        records: impl IntoIterator<Item = ConsumedRecord>,
+        max_batch: usize,
+    ) -> (Arc<LaneControl>, tokio::task::JoinHandle<()>) {
+        let ctl = Arc::new(LaneControl::new());
+        let lane = tokio::spawn(run_lane(
+            shared.clone(),
+            Batches {
+                service,
+                max_batch,
+                max_delay: Duration::ZERO,
+            },
+            (Arc::from("t"), 0),
+            VecSource(records.into_iter().collect()),
+            Arc::new(Notify::new()),
+            ctl.clone(),
+        ));
+        (ctl, lane)
+    }
+
+    #[tokio::test]
+    async fn batches_take_up_to_max_batch_records_in_order() {
+        let shared = shared(Ordering::Partition, 1, 4);
+        let calls = Arc::new(StdMutex::new(Vec::new()));
+        let (ctl, lane) = batch_lane(
+            &shared,
+            batching(calls.clone(), |_, _| None),
+            (0..7).map(|o| rec(o, "k")),
+            3,
+        );
+        until(|| ctl.progress().0 == 7).await;
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
+        );
+        assert_eq!(ctl.commit_point(), Some(7));
+        assert_eq!(shared.policy.stats.succeeded(), 7);
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_retries_only_its_failed_records_and_disposes_of_the_permanent_ones() {
+        let mut shared = shared(Ordering::Partition, 1, 4);
+        Arc::get_mut(&mut shared).unwrap().policy.retry = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            hold: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        let calls = Arc::new(StdMutex::new(Vec::new()));
+        // 1: 503 once, then fine. 2: 422 (permanent). 4: 503 always.
+        let answer = |offset, attempt| match (offset, attempt) {
+            (1, 1) => Some(StatusCode::SERVICE_UNAVAILABLE),
+            (2, _) => Some(StatusCode::UNPROCESSABLE_ENTITY),
+            (4, _) => Some(StatusCode::SERVICE_UNAVAILABLE),
+            _ => None,
+        };
+        let (ctl, lane) = batch_lane(
+            &shared,
+            batching(calls.clone(), answer),
+            (0..6).map(|o| rec(o, "k")),
+            5,
+        );
+        until(|| ctl.progress().0 == 6).await;
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![vec![0, 1, 2, 3, 4], vec![1, 4], vec![4], vec![5]],
+            "the retries hold only the records that failed retryably, in order; \
+             the next batch starts after them"
+        );
+        let stats = &shared.policy.stats;
+        assert_eq!(stats.succeeded(), 4, "0, 1, 3 and 5");
+        assert_eq!(stats.skipped(), 2, "2 (permanent) and 4 (out of attempts)");
+        assert_eq!(stats.attempts(), 5 + 2 + 1 + 1);
+        assert_eq!(ctl.commit_point(), Some(6));
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_answered_without_an_outcome_succeeds_or_fails_whole() {
+        let shared = shared(Ordering::Partition, 1, 4);
+        let calls = Arc::new(StdMutex::new(0));
+        let counted = calls.clone();
+        let service = tower::service_fn(move |req: Request<crate::runtime::RecordBatch>| {
+            *counted.lock().unwrap() += 1;
+            let bad = req.body().iter().any(|r| r.body().payload().is_none());
+            async move {
+                let mut res = Response::new(String::new());
+                if bad {
+                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                }
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let tombstone = ConsumedRecord::builder("t", 0, 2).build();
+        let (ctl, lane) = batch_lane(
+            &shared,
+            service,
+            [rec(0, "a"), rec(1, "b"), tombstone, rec(3, "c")],
+            2,
+        );
+        until(|| ctl.progress().0 == 4).await;
+        assert_eq!(*calls.lock().unwrap(), 2, "no retry of a 400");
+        assert_eq!(shared.policy.stats.succeeded(), 2);
+        assert_eq!(shared.policy.stats.skipped(), 2, "the whole second batch");
+        ctl.cancel.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_failed_record_without_dead_letters_is_skipped_and_committed() {
         let shared = shared(Ordering::Partition, 1, 4);
         let service = tower::service_fn(|_req: Request<RecordBody>| async {
@@ -770,7 +1189,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared.clone(),
-            service,
+            Records(service),
             (Arc::from("t"), 0),
             VecSource([rec(0, "a")].into_iter().collect()),
             Arc::new(Notify::new()),
@@ -832,7 +1251,7 @@ mod tests {
         let ctl = Arc::new(LaneControl::new());
         let lane = tokio::spawn(run_lane(
             shared.clone(),
-            service,
+            Records(service),
             (Arc::from("t"), 0),
             source.clone(),
             wake.clone(),

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod attempt;
+mod batch;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod config;
@@ -21,15 +22,16 @@ mod stats;
 pub mod transactions;
 
 pub use access::{ClusterRefused, RefusalKind, WatchedContext};
+pub use batch::{BatchMeta, BatchOutcome, RecordBatch, RecordFailure};
 pub use config::{
-    ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering, ProducerConfig,
-    Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
+    BatchSettings, ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering,
+    ProducerConfig, Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};
 pub use outcome::{is_retryable_status, ErrorClass};
 pub use producer::{Delivery, ProduceError, Producer};
-pub use service::RecordService;
+pub use service::{BatchService, RecordService};
 pub use stats::{PartitionLag, RuntimeStats};
 pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
 

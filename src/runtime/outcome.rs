@@ -54,30 +54,42 @@ pub(crate) struct Failure {
 }
 
 /// Awaits `poll_ready`, calls the service once, and classifies the
-/// outcome; a panic in either is caught.
+/// outcome; a panic in either is caught. The caller's instance is used
+/// (no clone per call): a lane calls its own instance in turn.
 pub(crate) async fn invoke<S: RecordService>(
-    mut svc: S,
+    svc: &mut S,
     req: Request<RecordBody>,
     max_len: usize,
 ) -> Result<(), Failure> {
-    let called = AssertUnwindSafe(async move {
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .map_err(Into::<BoxError>::into)?;
-        svc.call(req).await.map_err(Into::<BoxError>::into)
+    let res = call_caught(async move {
+        std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+        svc.call(req).await
     })
-    .catch_unwind()
-    .await;
-    match called {
-        Ok(Ok(res)) if res.status().is_success() => Ok(()),
-        Ok(Ok(res)) => Err(failure_from_response(res, max_len).await),
-        Ok(Err(err)) => Err(Failure {
-            class: ErrorClass::ServiceError,
-            status: None,
-            message: error_chain(&*err),
-            failed_by: None,
-            reason: None,
-        }),
+    .await?;
+    if res.status().is_success() {
+        Ok(())
+    } else {
+        Err(failure_from_response(res, max_len).await)
+    }
+}
+
+/// Runs one readiness-then-call of a service, catching a panic: an `Err`
+/// or a panic becomes a retryable [`Failure`].
+pub(crate) async fn call_caught<B, E: Into<BoxError>>(
+    call: impl std::future::Future<Output = Result<Response<B>, E>>,
+) -> Result<Response<B>, Failure> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(err)) => {
+            let err: BoxError = err.into();
+            Err(Failure {
+                class: ErrorClass::ServiceError,
+                status: None,
+                message: error_chain(&*err),
+                failed_by: None,
+                reason: None,
+            })
+        }
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
@@ -95,7 +107,9 @@ pub(crate) async fn invoke<S: RecordService>(
     }
 }
 
-async fn failure_from_response<B>(res: Response<B>, max_len: usize) -> Failure
+/// The failure a non-`2xx` response stands for: its class from the status,
+/// its cause from a [`Refusal`] or else the start of the body.
+pub(crate) async fn failure_from_response<B>(res: Response<B>, max_len: usize) -> Failure
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,

@@ -1,5 +1,5 @@
 //! [`RecordService`]: the one name for "a service the runtime can serve
-//! records to".
+//! records to", and [`BatchService`] for batches of them.
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -7,10 +7,12 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+use super::batch::RecordBatch;
 use crate::{BoxError, RecordBody};
 
 mod sealed {
     pub trait Sealed {}
+    pub trait SealedBatch {}
 }
 
 /// A Tower service the consumer runtime can serve records to: any `Clone`
@@ -86,6 +88,79 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<RecordBody>) -> S::Future {
+        Service::call(self, req)
+    }
+}
+
+/// A Tower service the consumer runtime can serve batches of records to
+/// ([`Consumer::serve_batches`](super::Consumer::serve_batches)): any
+/// `Clone` service over `http::Request<`[`RecordBatch`]`>` answering
+/// `http::Response<B>`, whose future, error and body can cross threads.
+/// Sealed, as [`RecordService`].
+///
+/// ```
+/// use kafka_tower::runtime::{BatchService, RecordBatch};
+///
+/// fn assert_batch_servable<S: BatchService>(_: &S) {}
+///
+/// let service = tower::service_fn(|req: http::Request<RecordBatch>| async move {
+///     let _bulk: Vec<_> = req.into_body().into_iter().map(|r| r.into_body()).collect();
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// });
+/// assert_batch_servable(&service);
+/// ```
+pub trait BatchService: sealed::SealedBatch + Clone + Send + 'static {
+    /// The body of the service's responses.
+    type ResponseBody: http_body::Body<Data = Self::Data, Error = Self::BodyError> + Send + 'static;
+    /// The body's data chunks.
+    type Data: bytes::Buf + Send;
+    /// The body's error.
+    type BodyError: Into<BoxError>;
+    /// The service's error.
+    type Error: Into<BoxError>;
+    /// The service's response future.
+    type Future: Future<Output = Result<Response<Self::ResponseBody>, Self::Error>> + Send + 'static;
+
+    /// [`Service::poll_ready`].
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// [`Service::call`].
+    fn call(&mut self, req: Request<RecordBatch>) -> Self::Future;
+}
+
+impl<S, B> sealed::SealedBatch for S
+where
+    S: Service<Request<RecordBatch>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
+impl<S, B> BatchService for S
+where
+    S: Service<Request<RecordBatch>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type ResponseBody = B;
+    type Data = B::Data;
+    type BodyError = B::Error;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Service::poll_ready(self, cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<RecordBatch>) -> S::Future {
         Service::call(self, req)
     }
 }
