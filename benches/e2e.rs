@@ -15,8 +15,9 @@
 //!   a handler that puts one output per input into its `Outbox`.
 //!
 //! The two exactly-once variants read the first `BENCH_E2E_EOS_RECORDS`
-//! (default 200000) records of the same topic and write to a topic of
-//! their own per run.
+//! (default 50000) records of the same topic and write to a topic of
+//! their own per run. Their rate is bound by the transaction round trips
+//! (a few per batch), not by CPU.
 //!
 //! ```text
 //! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench --bench e2e
@@ -27,7 +28,8 @@
 //! (seconds per variant, 600), `BENCH_E2E_BUFFER_PER_PARTITION` and
 //! `BENCH_E2E_MAX_IN_FLIGHT` and `BENCH_E2E_PROPERTIES` (`k=v,k=v`
 //! librdkafka properties) (runtime settings, for diagnosis; the defaults
-//! otherwise), `BENCH_RESULTS_DIR` (where `e2e.json` and
+//! otherwise), `BENCH_E2E_RAW_PROPERTIES` (the same for the raw loop),
+//! `BENCH_E2E_EOS_RECORDS` (50000), `BENCH_RESULTS_DIR` (where `e2e.json` and
 //! `e2e.md` go; default `results/`). The topic is named after the sizes and
 //! re-used when it already holds enough records.
 //!
@@ -127,7 +129,7 @@ fn parent(bootstrap: &str) {
     let topic = format!("bench-e2e-{n}x{size}B-{partitions}p");
     let fill_secs = fill(bootstrap, &topic, n, size, partitions);
 
-    let eos_n = env_u64("BENCH_E2E_EOS_RECORDS", 200_000).min(n);
+    let eos_n = env_u64("BENCH_E2E_EOS_RECORDS", 50_000).min(n);
     let exe = std::env::current_exe().unwrap();
     let mut results: Vec<(u64, serde_json::Value)> = Vec::new();
     for round in 1..=rounds {
@@ -606,8 +608,11 @@ fn child(args: &[String], variant: &str) {
         "raw" => raw(&bootstrap, &topic, &group, tally, timeout),
         "raw-eos" => raw_eos(&bootstrap, &topic, &group, tally, timeout),
         "eos" => {
+            let out = eos_output(&bootstrap, &group);
             let rt = tokio::runtime::Runtime::new().unwrap();
-            extra = rt.block_on(runtime_eos(&bootstrap, &topic, &group, tally, timeout));
+            extra = rt.block_on(runtime_eos(
+                &bootstrap, &topic, &group, &out, tally, timeout,
+            ));
         }
         "runtime" | "stack" => {
             let rt = tokio::runtime::Runtime::new().unwrap();
@@ -644,12 +649,22 @@ fn child(args: &[String], variant: &str) {
 }
 
 fn raw(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+        .set("auto.offset.reset", "earliest");
+    // Diagnostics only (`BENCH_E2E_RAW_PROPERTIES`); the reported runs use
+    // librdkafka's defaults.
+    if let Ok(props) = std::env::var("BENCH_E2E_RAW_PROPERTIES") {
+        for kv in props.split(',').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .expect("BENCH_E2E_RAW_PROPERTIES: k=v,k=v");
+            config.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let deadline = Instant::now() + timeout;
     let mut touched = 0u64;
@@ -693,7 +708,6 @@ fn eos_output(bootstrap: &str, group: &str) -> String {
 }
 
 fn raw_eos(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Duration) {
-    use rdkafka::producer::BaseProducer;
     use rdkafka::TopicPartitionList;
     let out = eos_output(bootstrap, group);
     let consumer: BaseConsumer = ClientConfig::new()
@@ -705,7 +719,8 @@ fn raw_eos(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Du
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let producer: BaseProducer = ClientConfig::new()
+    // Polled by its own thread, as the runtime's FutureProducer is.
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", format!("{group}-tx"))
         .create()
@@ -713,48 +728,72 @@ fn raw_eos(bootstrap: &str, topic: &str, group: &str, tally: &Tally, timeout: Du
     let call = Duration::from_secs(30);
     producer.init_transactions(call).unwrap();
     let deadline = Instant::now() + timeout;
+    type Copied = (Option<Vec<u8>>, Option<Vec<u8>>);
     while tally.count.load(Relaxed) < tally.target {
         assert!(Instant::now() < deadline, "raw exactly-once: timed out");
-        let Some(first) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        producer.begin_transaction().unwrap();
+        // Read a batch (up to EOS_MAX_BATCH records or EOS_MAX_DELAY),
+        // then produce its outputs and offsets in one transaction — the
+        // runtime's order too: producing as records arrive would start the
+        // next transaction while the broker still completes the previous
+        // one, and pay a retry backoff each time.
+        let mut batch: Vec<Copied> = Vec::with_capacity(EOS_MAX_BATCH);
         let mut offsets: std::collections::HashMap<i32, i64> = Default::default();
-        let mut pending = Some(first);
-        let mut n = 0;
-        let batch_end = Instant::now() + EOS_MAX_DELAY;
-        loop {
-            if let Some(Ok(msg)) = pending.take() {
-                tally.start();
-                let mut record = BaseRecord::<[u8], [u8]>::to(&out);
-                if let Some(k) = msg.key() {
-                    record = record.key(k);
+        let mut batch_end: Option<Instant> = None;
+        while batch.len() < EOS_MAX_BATCH {
+            let left = match batch_end {
+                None => Duration::from_millis(100),
+                Some(end) => end.saturating_duration_since(Instant::now()),
+            };
+            match consumer.poll(left) {
+                Some(Ok(msg)) => {
+                    tally.start();
+                    batch_end.get_or_insert_with(|| Instant::now() + EOS_MAX_DELAY);
+                    batch.push((
+                        msg.key().map(<[u8]>::to_vec),
+                        msg.payload().map(<[u8]>::to_vec),
+                    ));
+                    offsets.insert(msg.partition(), msg.offset() + 1);
                 }
-                if let Some(p) = msg.payload() {
-                    record = record.payload(p);
-                }
-                while let Err((e, r)) = producer.send(record) {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "{e}"
-                    );
-                    producer.poll(Duration::from_millis(1));
-                    record = r;
-                }
-                offsets.insert(msg.partition(), msg.offset() + 1);
-                n += 1;
-                tally.finish(None, true);
+                Some(Err(e)) => eprintln!("raw exactly-once: {e}"),
+                None if batch_end.is_none() => break,
+                None => {}
             }
-            let left = batch_end.saturating_duration_since(Instant::now());
-            if n >= EOS_MAX_BATCH || left.is_zero() || tally.count.load(Relaxed) >= tally.target {
+            if batch_end.is_some_and(|end| Instant::now() >= end) {
                 break;
             }
-            pending = consumer.poll(left);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction().unwrap();
+        for (key, payload) in &batch {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&out);
+            if let Some(k) = key {
+                record = record.key(&k[..]);
+            }
+            if let Some(p) = payload {
+                record = record.payload(&p[..]);
+            }
+            while let Err((e, r)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "{e}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+                record = r;
+            }
+            tally.finish(None, true);
+        }
+        // Wait for the outputs' acknowledgements before committing, as the
+        // runtime does (its delivery futures): commit_transaction's own
+        // flush took ~100 ms per transaction here.
+        while producer.in_flight_count() > 0 {
+            std::thread::sleep(Duration::from_micros(200));
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &offsets {
@@ -772,11 +811,12 @@ async fn runtime_eos(
     bootstrap: &str,
     topic: &str,
     group: &str,
+    out: &str,
     tally: &'static Tally,
     timeout: Duration,
 ) -> serde_json::Value {
     use kafka_tower::runtime::{ExactlyOnce, Outbox, ProducerConfig};
-    let out = eos_output(bootstrap, group);
+    let out = out.to_owned();
     let consumer = Consumer::builder()
         .bootstrap_servers(bootstrap)
         .group_id(group)
