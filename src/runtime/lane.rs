@@ -333,7 +333,6 @@ impl Lane<'_> {
         source: &mut impl RecordSource,
         mut service: S,
     ) {
-        let stats = &self.shared.policy.stats;
         let mut next: Option<i64> = None;
         let mut permit: Option<Permit<'_>> = None;
         loop {
@@ -343,31 +342,51 @@ impl Lane<'_> {
             let Some(record) = self.next_record(source, &mut next, &mut permit).await else {
                 return;
             };
-            // Everything before the record is finished: its offset is the
-            // commit point until it is finished too.
-            self.ctl.commit_point.store(record.offset, Relaxed);
-            self.ctl.busy.store(true, Relaxed);
-            if permit.is_none() {
-                permit = self.permit().await;
-                if permit.is_none() {
-                    stats.abandoned.fetch_add(1, Relaxed);
-                    return;
-                }
+            if !self.start(record.offset, 1, &mut permit).await {
+                return;
             }
-            stats.in_flight.add(1);
             let finished = self.serve_supervised(&record, &mut service).await;
-            stats.in_flight.sub(1);
-            match finished {
-                Some(true) => {
-                    self.ctl.finished(record.offset + 1);
-                    self.ctl.busy.store(false, Relaxed);
-                }
-                Some(false) => {
-                    stats.abandoned.fetch_add(1, Relaxed);
-                    return;
-                }
-                None => return,
+            if !self.end(finished, record.offset + 1, 1) {
+                return;
             }
+        }
+    }
+
+    /// Starts serving `n` records from offset `first`, in partition order:
+    /// everything before them is finished, so `first` is the commit point
+    /// until they are; takes a `max_in_flight` slot unless the lane kept
+    /// one. `false` when cancelled first.
+    async fn start<'s>(&'s self, first: i64, n: u64, permit: &mut Option<Permit<'s>>) -> bool {
+        self.ctl.commit_point.store(first, Relaxed);
+        self.ctl.busy.store(true, Relaxed);
+        if permit.is_none() {
+            *permit = self.permit().await;
+            if permit.is_none() {
+                self.shared.policy.stats.abandoned.fetch_add(n, Relaxed);
+                return false;
+            }
+        }
+        self.shared.policy.stats.in_flight.add(n);
+        true
+    }
+
+    /// Ends serving `n` records started with [`Lane::start`]: when they
+    /// all finished, `next` is the commit point. `false` when the lane
+    /// must stop (cancelled, or failed).
+    fn end(&self, finished: Option<bool>, next: i64, n: u64) -> bool {
+        let stats = &self.shared.policy.stats;
+        stats.in_flight.sub(n);
+        match finished {
+            Some(true) => {
+                self.ctl.finished_many(next, n);
+                self.ctl.busy.store(false, Relaxed);
+                true
+            }
+            Some(false) => {
+                stats.abandoned.fetch_add(n, Relaxed);
+                false
+            }
+            None => false,
         }
     }
 
@@ -386,7 +405,6 @@ impl Lane<'_> {
             max_batch,
             max_delay,
         } = work;
-        let stats = &self.shared.policy.stats;
         let mut next: Option<i64> = None;
         let mut permit: Option<Permit<'_>> = None;
         loop {
@@ -410,30 +428,14 @@ impl Lane<'_> {
             {
                 return;
             }
-            self.ctl.commit_point.store(records[0].offset, Relaxed);
-            self.ctl.busy.store(true, Relaxed);
-            if permit.is_none() {
-                permit = self.permit().await;
-                if permit.is_none() {
-                    stats.abandoned.fetch_add(records.len() as u64, Relaxed);
-                    return;
-                }
-            }
             let n = records.len() as u64;
-            stats.in_flight.add(n);
+            if !self.start(records[0].offset, n, &mut permit).await {
+                return;
+            }
             let finished = self.serve_batch_supervised(&records, &mut service).await;
-            stats.in_flight.sub(n);
-            match finished {
-                Some(true) => {
-                    let last = records[records.len() - 1].offset;
-                    self.ctl.finished_many(last + 1, n);
-                    self.ctl.busy.store(false, Relaxed);
-                }
-                Some(false) => {
-                    stats.abandoned.fetch_add(n, Relaxed);
-                    return;
-                }
-                None => return,
+            let last = records[records.len() - 1].offset;
+            if !self.end(finished, last + 1, n) {
+                return;
             }
         }
     }

@@ -11,10 +11,78 @@ use super::batch::RecordBatch;
 use crate::{BoxError, RecordBody};
 
 mod sealed {
-    pub trait Sealed {}
-    pub trait SealedBatch {}
+    pub trait Sealed<Req> {}
 }
 
+/// Declares a sealed alias for "a `Clone` service over `http::Request<$req>`
+/// answering `http::Response<B>` whose future, error and body can cross
+/// threads", implemented for every such service.
+macro_rules! service_alias {
+    ($(#[$doc:meta])* $name:ident, $req:ty) => {
+        $(#[$doc])*
+        pub trait $name: sealed::Sealed<$req> + Clone + Send + 'static {
+            /// The body of the service's responses.
+            type ResponseBody: http_body::Body<Data = Self::Data, Error = Self::BodyError>
+                + Send
+                + 'static;
+            /// The body's data chunks.
+            type Data: bytes::Buf + Send;
+            /// The body's error.
+            type BodyError: Into<BoxError>;
+            /// The service's error.
+            type Error: Into<BoxError>;
+            /// The service's response future.
+            type Future: Future<Output = Result<Response<Self::ResponseBody>, Self::Error>>
+                + Send
+                + 'static;
+
+            /// [`Service::poll_ready`].
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+            /// [`Service::call`].
+            fn call(&mut self, req: Request<$req>) -> Self::Future;
+        }
+
+        impl<S, B> sealed::Sealed<$req> for S
+        where
+            S: Service<Request<$req>, Response = Response<B>> + Clone + Send + 'static,
+            S::Future: Send + 'static,
+            S::Error: Into<BoxError>,
+            B: http_body::Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<BoxError>,
+        {
+        }
+
+        impl<S, B> $name for S
+        where
+            S: Service<Request<$req>, Response = Response<B>> + Clone + Send + 'static,
+            S::Future: Send + 'static,
+            S::Error: Into<BoxError>,
+            B: http_body::Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<BoxError>,
+        {
+            type ResponseBody = B;
+            type Data = B::Data;
+            type BodyError = B::Error;
+            type Error = S::Error;
+            type Future = S::Future;
+
+            #[inline]
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+                Service::poll_ready(self, cx)
+            }
+
+            #[inline]
+            fn call(&mut self, req: Request<$req>) -> S::Future {
+                Service::call(self, req)
+            }
+        }
+    };
+}
+
+service_alias!(
 /// A Tower service the consumer runtime can serve records to: any `Clone`
 /// service over `http::Request<RecordBody>` answering `http::Response<B>`,
 /// whose future, error and body can cross threads — a `service_fn`, a
@@ -36,62 +104,11 @@ mod sealed {
 /// assert_servable(&service);
 /// assert_servable(&axum::Router::new());
 /// ```
-pub trait RecordService: sealed::Sealed + Clone + Send + 'static {
-    /// The body of the service's responses.
-    type ResponseBody: http_body::Body<Data = Self::Data, Error = Self::BodyError> + Send + 'static;
-    /// The body's data chunks.
-    type Data: bytes::Buf + Send;
-    /// The body's error.
-    type BodyError: Into<BoxError>;
-    /// The service's error.
-    type Error: Into<BoxError>;
-    /// The service's response future.
-    type Future: Future<Output = Result<Response<Self::ResponseBody>, Self::Error>> + Send + 'static;
+    RecordService,
+    RecordBody
+);
 
-    /// [`Service::poll_ready`].
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
-
-    /// [`Service::call`].
-    fn call(&mut self, req: Request<RecordBody>) -> Self::Future;
-}
-
-impl<S, B> sealed::Sealed for S
-where
-    S: Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-}
-
-impl<S, B> RecordService for S
-where
-    S: Service<Request<RecordBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type ResponseBody = B;
-    type Data = B::Data;
-    type BodyError = B::Error;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        Service::poll_ready(self, cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<RecordBody>) -> S::Future {
-        Service::call(self, req)
-    }
-}
-
+service_alias!(
 /// A Tower service the consumer runtime can serve batches of records to
 /// ([`Consumer::serve_batches`](super::Consumer::serve_batches)): any
 /// `Clone` service over `http::Request<`[`RecordBatch`]`>` answering
@@ -109,58 +126,6 @@ where
 /// });
 /// assert_batch_servable(&service);
 /// ```
-pub trait BatchService: sealed::SealedBatch + Clone + Send + 'static {
-    /// The body of the service's responses.
-    type ResponseBody: http_body::Body<Data = Self::Data, Error = Self::BodyError> + Send + 'static;
-    /// The body's data chunks.
-    type Data: bytes::Buf + Send;
-    /// The body's error.
-    type BodyError: Into<BoxError>;
-    /// The service's error.
-    type Error: Into<BoxError>;
-    /// The service's response future.
-    type Future: Future<Output = Result<Response<Self::ResponseBody>, Self::Error>> + Send + 'static;
-
-    /// [`Service::poll_ready`].
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
-
-    /// [`Service::call`].
-    fn call(&mut self, req: Request<RecordBatch>) -> Self::Future;
-}
-
-impl<S, B> sealed::SealedBatch for S
-where
-    S: Service<Request<RecordBatch>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-}
-
-impl<S, B> BatchService for S
-where
-    S: Service<Request<RecordBatch>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type ResponseBody = B;
-    type Data = B::Data;
-    type BodyError = B::Error;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        Service::poll_ready(self, cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<RecordBatch>) -> S::Future {
-        Service::call(self, req)
-    }
-}
+    BatchService,
+    RecordBatch
+);
