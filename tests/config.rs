@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kafka_tower::runtime::{
-    ConsumerConfig, DeadLetterPolicy, Ordering, ProducerConfig, PropertyValue, RetryPolicy,
+    BatchSettings, ConsumerConfig, DeadLetterPolicy, Ordering, ProducerConfig, PropertyValue,
+    RetryPolicy,
 };
 
 const NO_ENV: [(&str, &str); 0] = [];
@@ -35,6 +36,9 @@ dead_letter:
   max_error_len: 512
   producer_properties:
     linger.ms: 5
+batch:
+  max_batch: 200
+  max_delay: 20ms
 properties:
   bootstrap.servers: 127.0.0.1:9092
   auto.offset.reset: earliest
@@ -64,6 +68,10 @@ enabled = true
 suffix = ".failed"
 max_error_len = 512
 producer_properties = { "linger.ms" = 5 }
+
+[batch]
+max_batch = 200
+max_delay = "20ms"
 
 [properties]
 "bootstrap.servers" = "127.0.0.1:9092"
@@ -162,6 +170,13 @@ fn assert_full(config: &ConsumerConfig) {
         prop(config, "enable.partition.eof").as_deref(),
         Some("false")
     );
+    assert_eq!(
+        config.batch,
+        BatchSettings {
+            max_batch: 200,
+            max_delay: Duration::from_millis(20),
+        }
+    );
     assert_eq!(config.properties.len(), 4);
 }
 
@@ -206,7 +221,22 @@ fn minimal_config_has_the_defaults() {
     assert_eq!(config.dead_letter.topic, None);
     assert_eq!(config.dead_letter.max_error_len, 1024);
     assert!(config.dead_letter.producer_properties.is_empty());
+    assert_eq!(config.batch.max_batch, 500);
+    assert_eq!(config.batch.max_delay, Duration::ZERO);
     config.validate().unwrap();
+}
+
+#[test]
+fn an_empty_batch_fails_naming_the_key() {
+    let err = ConsumerConfig::from_yaml_str(
+        &format!("{MINIMAL_YAML}batch:\n  max_batch: 0\n"),
+        "test.yml",
+        NO_ENV,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("batch.max_batch"), "{text}");
+    assert!(text.contains("test.yml"), "{text}");
 }
 
 /// A section given partly keeps the defaults of the rest.
@@ -484,6 +514,8 @@ fn every_scalar_field_can_be_set_from_the_environment() {
                 "7",
             ),
             ("KAFKA_TOWER_CONTEXT__CAPTURE", "false"),
+            ("KAFKA_TOWER_BATCH__MAX_BATCH", "9"),
+            ("KAFKA_TOWER_BATCH__MAX_DELAY", "15ms"),
         ],
     );
     assert_eq!(config.service_id, "svc");
@@ -503,6 +535,8 @@ fn every_scalar_field_can_be_set_from_the_environment() {
         Some(&PropertyValue::from("7"))
     );
     assert!(!config.context.capture);
+    assert_eq!(config.batch.max_batch, 9);
+    assert_eq!(config.batch.max_delay, Duration::from_millis(15));
 }
 
 /// A string field takes the variable verbatim, even when it looks like a

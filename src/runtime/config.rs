@@ -21,6 +21,9 @@
 //! dead_letter:
 //!   enabled: true
 //!   suffix: .dlq             # orders -> orders.dlq
+//! batch:                     # Consumer::serve_batches only
+//!   max_batch: 500           # records per call at most
+//!   max_delay: 0s            # wait for more once a batch has one
 //! properties:                # passed to librdkafka as they are
 //!   bootstrap.servers: 127.0.0.1:9092
 //!   auto.offset.reset: earliest
