@@ -685,3 +685,47 @@ async fn consumer_lag_per_partition_comes_from_librdkafka_statistics() {
     }
     running.stop().await;
 }
+
+/// A consumer whose service keeps up is never paused: a partition is
+/// paused only when its lane is stuck on a record, not because records
+/// wait in librdkafka's queue. (`pause_after` is raised so that a machine
+/// too busy to run a lane for half a second cannot fail the test; pausing
+/// on a full queue, as 0.1 did, would still fail it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_keeps_up_is_never_paused() {
+    let topic = unique("keeps-up");
+    let group = unique("g");
+    create_topic_with_dlq(&topic, 4).await;
+    let n = 20_000;
+    produce(
+        &topic,
+        (0..n).map(|i| Rec::payload(i.to_string()).partition(i % 4)),
+    )
+    .await;
+
+    let served = Arc::new(AtomicUsize::new(0));
+    let service = tower::service_fn({
+        let served = served.clone();
+        move |_req: Request<RecordBody>| {
+            served.fetch_add(1, AtomicOrdering::Relaxed);
+            async { Ok::<_, BoxError>(Response::new(String::new())) }
+        }
+    });
+    let running = spawn(
+        consumer(&group, &[&topic])
+            .pause_after(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        service,
+    );
+    eventually("every record served and committed", || {
+        served.load(AtomicOrdering::Relaxed) >= n as usize
+            && committed(&group, &topic, 4) == end_offsets(&topic, 4)
+    })
+    .await;
+    let stats = running.stats.clone();
+    running.stop().await;
+    assert_eq!(served.load(AtomicOrdering::Relaxed), n as usize);
+    assert_eq!(stats.pauses(), 0, "no pause cycle");
+    assert_eq!(stats.paused_partitions(), 0);
+}
