@@ -51,7 +51,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -183,17 +183,82 @@ pub enum InjectMode {
 /// The propagated headers of one request. See the [module docs](self).
 ///
 /// `Debug` never shows the `Authorization` value.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct PropagatedContext {
     // Shared: the context is cloned into extensions and task-local scopes
     // on every hop; a clone is a reference-count bump, a change copies.
-    headers: Arc<HeaderMap>,
+    //
+    // A context captured from a record keeps the record's (shared) headers
+    // and which of them it holds; the map is built the first time someone
+    // asks for a `HeaderValue` or the map itself. The string accessors
+    // (`correlation_id`, `traceparent`, …) read the record's bytes, so the
+    // runtime's per-record capture allocates nothing.
+    map: OnceLock<Arc<HeaderMap>>,
+    record: Option<Captured>,
 }
+
+/// The propagated headers of a record: bit `i` of `held` set when
+/// `raw[i]` is one (its value validated at capture).
+#[derive(Clone)]
+struct Captured {
+    raw: RawHeaders,
+    held: u64,
+}
+
+impl Captured {
+    /// Headers past this position are captured into a map at once.
+    const POSITIONS: usize = u64::BITS as usize;
+
+    fn headers(&self) -> impl Iterator<Item = &RawHeader> + '_ {
+        let held = self.held;
+        self.raw
+            .iter()
+            .take(Self::POSITIONS)
+            .enumerate()
+            .filter(move |(i, _)| held & (1 << i) != 0)
+            .map(|(_, h)| h)
+    }
+
+    /// The first value of `name`, as [`HeaderValue::to_str`] would give it.
+    fn str_of(&self, name: &HeaderName) -> Option<&str> {
+        let key = name.as_str().as_bytes();
+        let value = self.headers().find(|h| h.key.eq_ignore_ascii_case(key))?;
+        let bytes = value.value.as_deref()?;
+        bytes
+            .iter()
+            .all(|&b| b == b'\t' || (32..127).contains(&b))
+            .then(|| std::str::from_utf8(bytes).ok())
+            .flatten()
+    }
+
+    fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for h in self.headers() {
+            // Validated at capture: a propagated name is a configured (so
+            // valid) name, and the value was checked.
+            if let (Ok(name), Some(Ok(value))) = (
+                HeaderName::from_bytes(&h.key),
+                h.value.clone().map(HeaderValue::from_maybe_shared),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+impl PartialEq for PropagatedContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.headers() == other.headers()
+    }
+}
+
+impl Eq for PropagatedContext {}
 
 impl fmt::Debug for PropagatedContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
-        for (k, v) in self.headers.iter() {
+        for (k, v) in self.headers().iter() {
             if k == AUTHORIZATION {
                 m.entry(&k.as_str(), &"<redacted>");
             } else {
@@ -204,43 +269,101 @@ impl fmt::Debug for PropagatedContext {
     }
 }
 
+/// Whether HTTP can carry `value` as a header value (what
+/// [`HeaderValue::from_bytes`] accepts), checked without a copy.
+fn is_valid_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 32 && b != 127))
+}
+
 impl PropagatedContext {
     /// An empty context.
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn from_map(map: HeaderMap) -> Self {
+        PropagatedContext {
+            map: OnceLock::from(Arc::new(map)),
+            record: None,
+        }
+    }
+
+    /// The map, built now if the context still reads the record's headers.
+    fn map(&self) -> &Arc<HeaderMap> {
+        self.map.get_or_init(|| {
+            Arc::new(
+                self.record
+                    .as_ref()
+                    .map(Captured::to_map)
+                    .unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The map, to change: from then on the context is the map alone.
+    fn map_mut(&mut self) -> &mut HeaderMap {
+        self.map();
+        self.record = None;
+        Arc::make_mut(self.map.get_mut().expect("initialised just above"))
+    }
+
     /// Captures the configured headers present in `headers`.
     pub fn from_headers(headers: &HeaderMap, config: &ContextConfig) -> Self {
-        let mut ctx = PropagatedContext::new();
+        let mut map = HeaderMap::new();
         for name in &config.names {
             for v in headers.get_all(name) {
-                Arc::make_mut(&mut ctx.headers).append(name.clone(), v.clone());
+                map.append(name.clone(), v.clone());
             }
         }
-        ctx
+        Self::from_map(map)
     }
 
     /// Captures the configured headers of a record. A propagated header whose
     /// value HTTP cannot carry is an error naming it.
+    ///
+    /// Nothing is copied: the context shares the record's header buffers.
     pub fn from_raw_headers(
         raw: &RawHeaders,
         config: &ContextConfig,
     ) -> Result<Self, InvalidContextHeader> {
-        let mut ctx = PropagatedContext::new();
-        for h in raw.iter() {
+        let mut held = 0u64;
+        let mut beyond = false;
+        for (i, h) in raw.iter().enumerate() {
             let Some(name) = config.is_propagated(&h.key) else {
                 continue;
             };
             let Some(value) = &h.value else { continue };
-            let value = HeaderValue::from_maybe_shared(value.clone()).map_err(|_| {
-                InvalidContextHeader {
+            if !is_valid_value(value) {
+                return Err(InvalidContextHeader {
                     name: name.as_str().to_owned(),
-                }
-            })?;
-            Arc::make_mut(&mut ctx.headers).append(name.clone(), value);
+                });
+            }
+            if i < Captured::POSITIONS {
+                held |= 1 << i;
+            } else {
+                beyond = true;
+            }
         }
-        Ok(ctx)
+        if beyond {
+            // Rare (a propagated header behind 64 others): build the map
+            // now rather than widen every context.
+            let mut map = HeaderMap::new();
+            for h in raw.iter() {
+                if let (Some(name), Some(value)) = (config.is_propagated(&h.key), &h.value) {
+                    if let Ok(value) = HeaderValue::from_maybe_shared(value.clone()) {
+                        map.append(name.clone(), value);
+                    }
+                }
+            }
+            return Ok(Self::from_map(map));
+        }
+        Ok(PropagatedContext {
+            map: OnceLock::new(),
+            record: Some(Captured {
+                raw: raw.clone(),
+                held,
+            }),
+        })
     }
 
     /// Sets `name` to `value`, refusing values HTTP forbids.
@@ -248,54 +371,63 @@ impl PropagatedContext {
         let value = HeaderValue::from_str(value).map_err(|_| InvalidContextHeader {
             name: name.as_str().to_owned(),
         })?;
-        Arc::make_mut(&mut self.headers).insert(name, value);
+        self.map_mut().insert(name, value);
         Ok(())
     }
 
     /// The value of `name`, if the context has it.
     pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.headers.get(name)
+        self.map().get(name)
     }
 
     /// The context's headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.map()
     }
 
     /// Whether the context holds no header.
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty()
+        match (&self.record, self.map.get()) {
+            (Some(c), None) => c.held == 0,
+            _ => self.map().is_empty(),
+        }
+    }
+
+    /// The first value of `name` as text (visible ASCII), read from the
+    /// record's bytes while the map is not built.
+    fn str_of(&self, name: &HeaderName) -> Option<&str> {
+        match (&self.record, self.map.get()) {
+            (Some(c), None) => c.str_of(name),
+            (_, Some(map)) => map.get(name).and_then(|v| v.to_str().ok()),
+            (None, None) => None,
+        }
     }
 
     /// `X-Correlation-Id`, when present and visible ASCII.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.headers
-            .get(CORRELATION_ID)
-            .and_then(|v| v.to_str().ok())
+        self.str_of(&CORRELATION_ID)
     }
 
     /// `X-Traceability-Id`, when present and visible ASCII.
     pub fn traceability_id(&self) -> Option<&str> {
-        self.headers
-            .get(TRACEABILITY_ID)
-            .and_then(|v| v.to_str().ok())
+        self.str_of(&TRACEABILITY_ID)
     }
 
     /// `traceparent`, when present.
     pub fn traceparent(&self) -> Option<&str> {
-        self.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+        self.str_of(&TRACEPARENT)
     }
 
     /// The `Authorization` header, when present. Never log it.
     pub fn authorization(&self) -> Option<&HeaderValue> {
-        self.headers.get(AUTHORIZATION)
+        self.get(&AUTHORIZATION)
     }
 
     /// Generates a correlation id (UUID v4) if there is none; returns it.
     pub fn ensure_correlation_id(&mut self) -> &str {
         if self.correlation_id().is_none() {
             let id = uuid::Uuid::new_v4().hyphenated().to_string();
-            Arc::make_mut(&mut self.headers).insert(
+            self.map_mut().insert(
                 CORRELATION_ID,
                 HeaderValue::from_str(&id).expect("a UUID is a valid header value"),
             );
@@ -305,12 +437,13 @@ impl PropagatedContext {
 
     /// Writes the context into `headers`.
     pub fn inject(&self, headers: &mut HeaderMap, mode: InjectMode) {
-        for name in self.headers.keys() {
+        let ctx = self.map();
+        for name in ctx.keys() {
             if mode == InjectMode::KeepExisting && headers.contains_key(name) {
                 continue;
             }
             headers.remove(name);
-            for v in self.headers.get_all(name) {
+            for v in ctx.get_all(name) {
                 headers.append(name.clone(), v.clone());
             }
         }
@@ -318,8 +451,9 @@ impl PropagatedContext {
 
     /// Writes the context into a record's raw headers.
     pub fn inject_raw(&self, raw: &mut RawHeaders, mode: InjectMode) {
-        let mut out: Vec<RawHeader> = Vec::with_capacity(raw.len() + self.headers.len());
-        let names: Vec<&HeaderName> = self.headers.keys().collect();
+        let ctx = self.map();
+        let mut out: Vec<RawHeader> = Vec::with_capacity(raw.len() + ctx.len());
+        let names: Vec<&HeaderName> = ctx.keys().collect();
         let existing = |n: &HeaderName| raw.contains_name_ignore_case(n.as_str().as_bytes());
         let skip: Vec<bool> = names
             .iter()
@@ -338,7 +472,7 @@ impl PropagatedContext {
             if skip {
                 continue;
             }
-            for v in self.headers.get_all(*name) {
+            for v in ctx.get_all(*name) {
                 out.push(RawHeader::new(
                     Bytes::copy_from_slice(name.as_str().as_bytes()),
                     Bytes::copy_from_slice(v.as_bytes()),

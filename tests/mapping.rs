@@ -658,6 +658,58 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A context captured from a record reads the record's bytes until a
+    /// map is asked for: its text accessors answer what the map answers
+    /// (first value, visible ASCII only), and equal contexts compare equal
+    /// before and after the map is built.
+    #[test]
+    fn captured_context_reads_like_its_map(
+        headers in prop::collection::vec((context_key(), prop::option::of(context_value())), 0..80),
+    ) {
+        let secret = RawHeader::new(&b"Authorization"[..], &b"Bearer s3cr3t"[..]);
+        let raw: RawHeaders = std::iter::once(secret)
+            .chain(headers.iter().map(|(k, v)| RawHeader { key: k.clone(), value: v.clone() }))
+            .collect();
+        let config = kafka_tower::context::ContextConfig::new();
+        let Ok(ctx) = kafka_tower::PropagatedContext::from_raw_headers(&raw, &config) else {
+            return Ok(());
+        };
+        let untouched = ctx.clone();
+        let lazy = (
+            ctx.correlation_id().map(str::to_owned),
+            ctx.traceability_id().map(str::to_owned),
+            ctx.traceparent().map(str::to_owned),
+            ctx.is_empty(),
+        );
+        let map = ctx.headers();
+        let text = |n: &str| map.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let eager = (
+            text("x-correlation-id"),
+            text("x-traceability-id"),
+            text("traceparent"),
+            map.is_empty(),
+        );
+        prop_assert_eq!(lazy, eager);
+        prop_assert_eq!(&untouched, &ctx);
+        let shown = format!("{untouched:?}");
+        prop_assert!(!shown.contains("s3cr3t"), "{}", shown);
+    }
+}
+
+/// A header value HTTP can carry (mostly visible ASCII, sometimes tabs or
+/// obs-text bytes), or now and then any bytes.
+fn context_value() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        4 => "[ -~]{0,40}".prop_map(Bytes::from),
+        2 => prop::collection::vec(prop_oneof![Just(b'\t'), 32u8..=126, 128u8..=255], 0..40)
+            .prop_map(Bytes::from),
+        1 => bytes(40),
+    ]
+}
+
 /// A propagated header's name in any letter case, or another name.
 fn context_key() -> impl Strategy<Value = Bytes> {
     let propagated = prop::sample::select(vec![
