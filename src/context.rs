@@ -282,7 +282,7 @@ fn is_valid_value(value: &[u8]) -> bool {
 fn is_visible_ascii(value: &[u8]) -> bool {
     value
         .iter()
-        .fold(true, |ok, &b| ok & ((b == b'\t') | ((b >= 32) & (b < 127))))
+        .fold(true, |ok, &b| ok & ((b == b'\t') | (32..127).contains(&b)))
 }
 
 impl PropagatedContext {

@@ -93,6 +93,8 @@ pub use offsets::OffsetTracker;
 pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
 pub use refusal::Refusal;
 #[cfg(feature = "runtime")]
+pub use runtime::dlq;
+#[cfg(feature = "runtime")]
 pub use runtime::{
     Consumer, ConsumerBuilder, ConsumerConfig, ConsumerError, DeadLetterPolicy, Ordering,
     RetryPolicy,

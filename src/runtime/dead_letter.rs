@@ -60,7 +60,7 @@ pub const HEADER_PREFIX: &str = "kt-dlq-";
 
 /// Connection properties the dead-letter producer inherits from the
 /// consumer's properties.
-fn is_connection_property(name: &str) -> bool {
+pub(crate) fn is_connection_property(name: &str) -> bool {
     name == "bootstrap.servers"
         || name == "client.id"
         || name == "security.protocol"

@@ -9,6 +9,7 @@ pub mod bench_support;
 pub mod config;
 mod consumer;
 pub mod dead_letter;
+pub mod dlq;
 pub mod exactly_once;
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
