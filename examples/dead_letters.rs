@@ -145,19 +145,26 @@ async fn serve(
                 String::from_utf8_lossy(req.body().payload().map_or(&[][..], |p| p)).into_owned();
             let mut res = Response::new(String::new());
             let refusal = if expired {
-                Some((StatusCode::UNAUTHORIZED, "jwt", "expired"))
+                Some((
+                    StatusCode::UNAUTHORIZED,
+                    "jwt",
+                    "expired",
+                    "the token has expired",
+                ))
             } else if !accepts(&order) {
-                Some((StatusCode::UNPROCESSABLE_ENTITY, "schema", "invalid"))
+                Some((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "schema",
+                    "invalid",
+                    "/currency: \"EUR\" was expected",
+                ))
             } else {
                 None
             };
-            if let Some((status, layer, reason)) = refusal {
+            if let Some((status, layer, reason, detail)) = refusal {
                 *res.status_mut() = status;
-                res.extensions_mut().insert(Refusal::new(
-                    layer,
-                    reason,
-                    format!("{reason}: {order}"),
-                ));
+                res.extensions_mut()
+                    .insert(Refusal::new(layer, reason, detail));
                 refused.fetch_add(1, Ordering::SeqCst);
             } else if let Some(note) = note {
                 println!(
