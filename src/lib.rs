@@ -80,6 +80,7 @@ pub mod caller;
 pub mod context;
 pub mod mapping;
 pub mod offsets;
+pub mod outcome;
 pub mod record;
 pub mod refusal;
 #[cfg(feature = "runtime")]

@@ -324,6 +324,34 @@ pub fn topic_uri(topic: &str) -> Uri {
     Uri::try_from(s).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
+/// The topic a request is about: [`RecordMeta::topic`] for a consumed
+/// record, else the first segment of the URI path (`/orders/42` →
+/// `orders`), as a producer request or an HTTP route names it. Not
+/// validated: an HTTP path may name anything.
+///
+/// Every layer that keys something by topic (JWT policies, schemas,
+/// metrics labels, span names) asks this.
+///
+/// ```
+/// use kafka_tower::mapping::topic_of;
+/// use kafka_tower::ConsumedRecord;
+///
+/// let consumed = ConsumedRecord::builder("orders", 0, 7).build().into_request(None, 1);
+/// assert_eq!(topic_of(&consumed), "orders");
+/// let route = http::Request::post("/payments/42").body(()).unwrap();
+/// assert_eq!(topic_of(&route), "payments");
+/// ```
+pub fn topic_of<B>(req: &Request<B>) -> &str {
+    match req.extensions().get::<RecordMeta>() {
+        Some(meta) => meta.topic(),
+        None => {
+            let path = req.uri().path();
+            let path = path.strip_prefix('/').unwrap_or(path);
+            path.split('/').next().unwrap_or("")
+        }
+    }
+}
+
 /// The topic named by a request path `/<topic>`, if the path has that form.
 pub fn topic_from_path(path: &str) -> Option<&str> {
     let topic = path.strip_prefix('/')?;

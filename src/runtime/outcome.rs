@@ -11,36 +11,7 @@ use http_body_util::BodyExt as _;
 use super::service::RecordService;
 use crate::{BoxError, RecordBody, Refusal};
 
-/// What kind of failure a record met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// A response that is neither `2xx` nor retryable (typically `4xx`).
-    Permanent,
-    /// A retryable response: `408`, `429` or `5xx`.
-    RetryableStatus,
-    /// The service (or its readiness) returned `Err`.
-    ServiceError,
-    /// The service panicked.
-    Panic,
-}
-
-impl ErrorClass {
-    /// The value of the `kt-dlq-error-class` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::RetryableStatus => "retryable-status",
-            ErrorClass::ServiceError => "service-error",
-            ErrorClass::Panic => "panic",
-        }
-    }
-
-    /// Whether a failure of this class is retried.
-    pub fn is_retryable(self) -> bool {
-        !matches!(self, ErrorClass::Permanent)
-    }
-}
-
+pub(crate) use crate::outcome::ErrorClass;
 pub use crate::refusal::is_retryable_status;
 
 /// Why a record failed: what the dead-letter headers say.

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::auditor::{Ack, Entry, Reserve, Shared, Submitted};
 use crate::layer::Pending;
-use crate::record::{ERROR_CANCELLED, ERROR_PANIC};
+use kafka_tower::outcome::ErrorClass;
 
 /// What a finished call still waits for.
 enum Wait {
@@ -52,7 +52,12 @@ pin_project! {
             let this = this.project();
             if let Some(pending) = this.pending.take() {
                 // Still set: the inner future's poll unwound.
-                let class = if *this.in_poll { ERROR_PANIC } else { ERROR_CANCELLED };
+                let class = if *this.in_poll {
+                    ErrorClass::Panic
+                } else {
+                    ErrorClass::Cancelled
+                };
+                let class = class.as_str();
                 let _ = this.shared.submit(pending.abandon(class), true);
             } else if let Wait::Room(_, Some(_), _) = this.wait {
                 this.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);

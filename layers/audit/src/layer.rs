@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use kafka_tower::context::{CORRELATION_ID, TRACEABILITY_ID, TRACEPARENT};
+use kafka_tower::outcome::ErrorClass;
 use kafka_tower::{Caller, PropagatedContext, RecordMeta, Refusal};
 use sha2::{Digest, Sha256};
 use tower_layer::Layer;
@@ -17,9 +18,7 @@ use crate::auditor::{Auditor, Config, Shared};
 use crate::caller::CallerSlot;
 use crate::capture::{CapturePayload, NoPayload};
 use crate::future::{AuditBody, ResponseFuture};
-use crate::record::{
-    error_class_of, hex, rfc3339_micros, AuditRecord, KeyMode, Outcome, ERROR_SERVICE,
-};
+use crate::record::{error_class_of, hex, rfc3339_micros, AuditRecord, KeyMode, Outcome};
 
 /// Applies [`Audit`]; made by [`Auditor::layer`]. Cheap to clone.
 ///
@@ -297,7 +296,7 @@ impl Pending {
             }
             Err(e) => {
                 d.outcome = Outcome::Retryable;
-                d.error_class = Some(ERROR_SERVICE);
+                d.error_class = Some(ErrorClass::ServiceError.as_str());
                 d.error = Some(truncate(e.to_string()));
             }
         }
@@ -530,7 +529,7 @@ mod tests {
         assert_eq!(err.error.as_ref().unwrap().len(), 512);
 
         let gone = pending(None)
-            .abandon(crate::record::ERROR_PANIC)
+            .abandon(ErrorClass::Panic.as_str())
             .into_record(&config);
         assert_eq!(gone.outcome, Outcome::Retryable);
         assert_eq!(gone.error_class.as_deref(), Some("panic"));

@@ -16,91 +16,33 @@
 //! assert_eq!(record.to_json_line(), line);
 //! ```
 
-use std::fmt;
-
-use http::{Response, StatusCode};
-use kafka_tower::Refusal;
+use http::StatusCode;
+use kafka_tower::outcome::ErrorClass;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// What became of one call of the audited service.
-///
-/// On a consumer it tells what the runtime does next: `ok` commits,
-/// `retryable` retries (or dead-letters once the attempts are used up),
-/// `failed` and `refused` dead-letter at once (unless the refusing layer
-/// answered a retryable status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// A `2xx` response.
-    Ok,
-    /// A response carrying a [`Refusal`] extension: a layer (JWT, schema,
-    /// …) refused the request.
-    Refused,
-    /// Any other status that is not retryable (typically `4xx`).
-    Failed,
-    /// `408`, `429`, `5xx`, an `Err` from the service, a panic, or a
-    /// cancelled call.
-    Retryable,
-}
-
-impl Outcome {
-    /// Classifies a response.
-    pub fn of_response<B>(res: &Response<B>) -> Outcome {
-        let status = res.status();
-        if status.is_success() {
-            Outcome::Ok
-        } else if res.extensions().get::<Refusal>().is_some() {
-            Outcome::Refused
-        } else if is_retryable(status) {
-            Outcome::Retryable
-        } else {
-            Outcome::Failed
-        }
-    }
-
-    /// `ok`, `refused`, `failed` or `retryable`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Refused => "refused",
-            Outcome::Failed => "failed",
-            Outcome::Retryable => "retryable",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The statuses the consumer runtime retries: `408`, `429`, `5xx`.
-pub(crate) use kafka_tower::refusal::is_retryable_status as is_retryable;
+pub use kafka_tower::outcome::Outcome;
 
 /// The error class of a status, in the words of the runtime's dead-letter
-/// header `kt-dlq-error-class`: `None` for `2xx`, `retryable-status` for
-/// `408`/`429`/`5xx`, `permanent` for the rest.
+/// header `kt-dlq-error-class`: `None` for `2xx`.
 pub(crate) fn error_class_of(status: StatusCode) -> Option<&'static str> {
-    if status.is_success() {
-        None
-    } else if is_retryable(status) {
-        Some(ERROR_RETRYABLE_STATUS)
-    } else {
-        Some(ERROR_PERMANENT)
-    }
+    ErrorClass::of_status(status).map(ErrorClass::as_str)
 }
 
 /// `error_class` of a non-retryable, non-`2xx` status.
-pub const ERROR_PERMANENT: &str = "permanent";
+#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Permanent.as_str()`")]
+pub const ERROR_PERMANENT: &str = ErrorClass::Permanent.as_str();
 /// `error_class` of a `408`, `429` or `5xx` status.
-pub const ERROR_RETRYABLE_STATUS: &str = "retryable-status";
+#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::RetryableStatus.as_str()`")]
+pub const ERROR_RETRYABLE_STATUS: &str = ErrorClass::RetryableStatus.as_str();
 /// `error_class` of an `Err` returned by the service.
-pub const ERROR_SERVICE: &str = "service-error";
+#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::ServiceError.as_str()`")]
+pub const ERROR_SERVICE: &str = ErrorClass::ServiceError.as_str();
 /// `error_class` of a call whose future panicked.
-pub const ERROR_PANIC: &str = "panic";
+#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Panic.as_str()`")]
+pub const ERROR_PANIC: &str = ErrorClass::Panic.as_str();
 /// `error_class` of a call whose future was dropped before it finished.
-pub const ERROR_CANCELLED: &str = "cancelled";
+#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Cancelled.as_str()`")]
+pub const ERROR_CANCELLED: &str = ErrorClass::Cancelled.as_str();
 
 /// How the record key appears in the audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,13 +144,13 @@ pub struct AuditRecord {
     /// The service error's message (at most 512 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The layer that refused the request ([`Refusal::layer`]).
+    /// The layer that refused the request ([`Refusal::layer`](kafka_tower::Refusal::layer)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_by: Option<String>,
-    /// The refusal's reason code ([`Refusal::reason`]).
+    /// The refusal's reason code ([`Refusal::reason`](kafka_tower::Refusal::reason)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_reason: Option<String>,
-    /// The refusal's detail ([`Refusal::detail`]).
+    /// The refusal's detail ([`Refusal::detail`](kafka_tower::Refusal::detail)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_detail: Option<String>,
     /// The size of the request payload in bytes, when captured.
@@ -334,21 +276,13 @@ mod tests {
     }
 
     #[test]
-    fn classification_follows_the_runtime_policy() {
-        let res = |status: u16, refusal: bool| {
-            let mut r = Response::new(());
-            *r.status_mut() = StatusCode::from_u16(status).unwrap();
-            if refusal {
-                r.extensions_mut()
-                    .insert(Refusal::new("jwt", "expired", ""));
-            }
-            Outcome::of_response(&r)
-        };
-        assert_eq!(res(200, false), Outcome::Ok);
-        assert_eq!(res(401, true), Outcome::Refused);
-        assert_eq!(res(422, false), Outcome::Failed);
-        assert_eq!(res(429, false), Outcome::Retryable);
-        assert_eq!(res(503, false), Outcome::Retryable);
+    fn outcomes_serialise_as_their_labels_and_statuses_map_to_error_classes() {
+        // The classification itself is the vocabulary's (kafka_tower::outcome).
+        for o in Outcome::ALL {
+            let json = serde_json::to_string(&o).unwrap();
+            assert_eq!(json, format!("\"{}\"", o.as_str()));
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), o);
+        }
         assert_eq!(error_class_of(StatusCode::OK), None);
         assert_eq!(
             error_class_of(StatusCode::UNPROCESSABLE_ENTITY),

@@ -8,7 +8,8 @@ use tower_service::Service;
 use crate::claims::Anonymous;
 use crate::future::ResponseFuture;
 use crate::layer::JwtLayer;
-use crate::verify::{topic_of, Outcome};
+use crate::verify::Outcome;
+use kafka_tower::mapping::topic_of;
 use kafka_tower::refusal::RefusalBody;
 
 /// Verifies the `Authorization: Bearer` token of each request before the

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::Request;
 use jsonwebtoken::errors::ErrorKind;
+use kafka_tower::mapping::topic_of;
 use kafka_tower::RecordMeta;
 use serde::Deserialize;
 use serde_json::Value;
@@ -84,21 +85,6 @@ pub(crate) fn validation_for(
     }
     v.validate_aud = true;
     v
-}
-
-/// The topic of a request: [`RecordMeta::topic`] for a record, else the
-/// first segment of the URI path.
-pub(crate) fn topic_of<B>(req: &Request<B>) -> &str {
-    match req.extensions().get::<RecordMeta>() {
-        Some(meta) => meta.topic(),
-        None => req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or(""),
-    }
 }
 
 pub(crate) fn now_secs() -> u64 {

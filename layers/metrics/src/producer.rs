@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::registry::Metrics;
-use crate::service::route_segment;
+use kafka_tower::mapping::topic_of;
 
 pub(crate) struct ProducerHandles {
     pub(crate) sends: IntCounter,
@@ -83,11 +83,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let handles = self
-            .metrics
-            .inner
-            .producer_topics
-            .get(route_segment(req.uri().path()));
+        let handles = self.metrics.inner.producer_topics.get(topic_of(&req));
         handles.sends.inc();
         ProducerFuture {
             inner: self.inner.call(req),

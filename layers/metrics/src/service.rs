@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
+use kafka_tower::mapping::topic_of;
 use kafka_tower::{Caller, RecordMeta};
 use pin_project_lite::pin_project;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -78,12 +79,6 @@ impl<S> MetricsService<S> {
     }
 }
 
-/// The first segment of a URI path (`/orders/7` → `orders`).
-pub(crate) fn route_segment(path: &str) -> &str {
-    let p = path.strip_prefix('/').unwrap_or(path);
-    p.split('/').next().unwrap_or("")
-}
-
 impl<S, B, ResBody> Service<Request<B>> for MetricsService<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -101,7 +96,7 @@ where
         let m = &self.metrics.inner;
         let topic = match req.extensions().get::<RecordMeta>() {
             Some(meta) => m.topics.get_shared(meta.topic_arc()),
-            None => m.topics.get(route_segment(req.uri().path())),
+            None => m.topics.get(topic_of(&req)),
         };
         let client = match req.extensions().get::<Caller>().and_then(Caller::client_id) {
             Some(id) => m.clients.get_shared(id),
@@ -132,8 +127,8 @@ impl InFlight {
         self.topic
             .duration
             .observe(self.start.elapsed().as_secs_f64());
-        self.topic.outcomes[outcome.index()].inc();
-        self.client.outcomes[outcome.index()].inc();
+        self.topic.outcomes[crate::outcome::index(outcome)].inc();
+        self.client.outcomes[crate::outcome::index(outcome)].inc();
     }
 }
 

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use kafka_tower::RecordMeta;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -55,20 +54,7 @@ impl<S> JsonSchema<S> {
     }
 }
 
-/// The topic of a request: [`RecordMeta::topic`] for a record, else the
-/// first segment of the URI path.
-pub(crate) fn topic_of<B>(req: &Request<B>) -> &str {
-    match req.extensions().get::<RecordMeta>() {
-        Some(meta) => meta.topic(),
-        None => req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or(""),
-    }
-}
+use kafka_tower::mapping::topic_of;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JsonSchema<S>
 where

@@ -131,11 +131,6 @@ pub(crate) fn ensure_context<B>(req: &mut Request<B>) -> PropagatedContext {
     ctx
 }
 
-fn route_segment(path: &str) -> &str {
-    let p = path.strip_prefix('/').unwrap_or(path);
-    p.split('/').next().unwrap_or("")
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Trace<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -189,7 +184,7 @@ where
             None => tracing::info_span!(
                 target: "kafka_tower_trace",
                 "request",
-                otel.name = %format_args!("{} /{}", req.method(), route_segment(req.uri().path())),
+                otel.name = %format_args!("{} /{}", req.method(), kafka_tower::mapping::topic_of(&req)),
                 otel.kind = "server",
                 otel.status_code = Empty,
                 http.request.method = req.method().as_str(),

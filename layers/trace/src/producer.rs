@@ -93,14 +93,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let topic = req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_owned();
+        let topic = kafka_tower::mapping::topic_of(&req).to_owned();
         let ctx = ensure_context(&mut req);
         let span = tracing::info_span!(
             target: "kafka_tower_trace",
