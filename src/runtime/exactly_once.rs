@@ -56,10 +56,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::AccessWatch;
 use super::attempt::{serve_attempts, AttemptPolicy, Attempted, RequestTarget};
-use super::config::{ConsumerConfig, ProducerConfig};
+use super::config::ConsumerConfig;
 use super::consumer::{Consumer, ConsumerError};
 use super::dead_letter::provenance_headers;
 use super::native::to_consumed_record;
+use super::producer::ProducerConfig;
 use super::service::RecordService;
 use super::transactions::{TransactionError, TransactionalProducer};
 use crate::context::{InjectMode, PropagatedContext};
@@ -81,6 +82,16 @@ impl Outbox {
         if let Some(ctx) = PropagatedContext::current() {
             ctx.inject_raw(&mut record.headers, InjectMode::KeepExisting);
         }
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+    }
+
+    /// Stages `record` exactly as given: no context is injected (for
+    /// records that outlive the request, such as a state store's
+    /// changelog, which must not carry its caller's `Authorization`).
+    pub fn send_as_is(&self, record: OutgoingRecord) {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -785,8 +785,84 @@ impl<S> Stateful<S> {
     }
 }
 
-/// The future of [`Stateful`].
-pub type StatefulFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The future of [`Stateful`]: the inner future, then (on a `2xx` with
+    /// writes) the changelog records staged in the [`Outbox`]. Nothing is
+    /// boxed or spawned.
+    pub struct StatefulFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        // The store and where its changelog goes, when the request has one.
+        after: Option<AfterCall>,
+        // Answered at once (a partition not restored here).
+        error: Option<BoxError>,
+    }
+}
+
+/// What a call with a store does once the inner service answered.
+struct AfterCall {
+    store: StateStore,
+    changelog: String,
+    partition: i32,
+    outbox: Option<Outbox>,
+    stats: Arc<StoreStats>,
+}
+
+impl AfterCall {
+    /// Applies the staged writes as pending and stages one changelog record
+    /// per written key.
+    fn finish(self) -> Result<(), BoxError> {
+        let staged = self.store.take_staged();
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let outbox = self.outbox.ok_or(
+            "no Outbox in the request: run stateful services in exactly-once mode (Streams::serve)",
+        )?;
+        let mut d = lock(self.store.data());
+        let written = staged.len() as u64;
+        for (k, v) in staged {
+            // As is: the changelog outlives the request, so no
+            // Authorization or trace header of the caller goes into it.
+            outbox.send_as_is(OutgoingRecord {
+                topic: self.changelog.clone(),
+                partition: Some(self.partition),
+                key: Some(k.clone()),
+                payload: v.clone(),
+                ..Default::default()
+            });
+            d.apply(k, v, true);
+        }
+        self.stats.changelog_records.fetch_add(written, Relaxed);
+        Ok(())
+    }
+}
+
+impl<F, B, E> Future for StatefulFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("StatefulFuture polled after completion");
+        let res = std::task::ready!(inner.poll(cx)).map_err(Into::into)?;
+        if res.status().is_success() {
+            if let Some(after) = this.after.take() {
+                after.finish()?;
+            }
+        }
+        Poll::Ready(Ok(res))
+    }
+}
 
 /// A request reached a store partition this instance does not hold
 /// (restoration failed): retryable.
@@ -813,13 +889,11 @@ impl std::error::Error for NotRestored {}
 impl<S, B> Service<Request<RecordBody>> for Stateful<S>
 where
     S: Service<Request<RecordBody>, Response = Response<B>>,
-    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Send + 'static,
 {
     type Response = Response<B>;
     type Error = BoxError;
-    type Future = StatefulFuture<B>;
+    type Future = StatefulFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -827,13 +901,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<RecordBody>) -> Self::Future {
+        let pass = |fut| StatefulFuture {
+            inner: Some(fut),
+            after: None,
+            error: None,
+        };
         let Some(meta) = req.extensions().get::<RecordMeta>() else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return pass(self.inner.call(req));
         };
         let Some(entry) = self.streams.inner.stores.get(meta.topic()).cloned() else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return pass(self.inner.call(req));
         };
         let partition = meta.partition();
         let data = entry
@@ -843,58 +920,32 @@ where
             .get(&partition)
             .map(|o| o.data.clone());
         let Some(data) = data else {
-            let e = NotRestored {
-                store: entry.name.to_string(),
-                partition,
+            return StatefulFuture {
+                inner: None,
+                after: None,
+                error: Some(
+                    NotRestored {
+                        store: entry.name.to_string(),
+                        partition,
+                    }
+                    .into(),
+                ),
             };
-            return Box::pin(async move { Err(e.into()) });
         };
         let store = StateStore::new(entry.name.clone(), partition, data);
         req.extensions_mut().insert(store.clone());
         let outbox = req.extensions().get::<Outbox>().cloned();
-        let stats = self.streams.inner.stats.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await.map_err(Into::into)?;
-            if !res.status().is_success() {
-                return Ok(res);
-            }
-            let staged = store.take_staged();
-            if staged.is_empty() {
-                return Ok(res);
-            }
-            let outbox = outbox.ok_or(
-                "no Outbox in the request: run stateful services in exactly-once mode (Streams::serve)",
-            )?;
-            let mut records = Vec::with_capacity(staged.len());
-            {
-                let mut d = lock(store.data());
-                for (k, v) in staged {
-                    records.push(OutgoingRecord {
-                        topic: entry.changelog.clone(),
-                        partition: Some(partition),
-                        key: Some(k.clone()),
-                        payload: v.clone(),
-                        ..Default::default()
-                    });
-                    d.apply(k, v, true);
-                }
-            }
-            stats
-                .changelog_records
-                .fetch_add(records.len() as u64, Relaxed);
-            // Sent from a task of its own: outside the record's
-            // PropagatedContext scope, so that no Authorization or trace
-            // header is copied into the long-lived changelog.
-            tokio::spawn(async move {
-                for r in records {
-                    outbox.send(r);
-                }
-            })
-            .await
-            .map_err(|e| -> BoxError { e.to_string().into() })?;
-            Ok(res)
-        })
+        StatefulFuture {
+            inner: Some(self.inner.call(req)),
+            after: Some(AfterCall {
+                store,
+                changelog: entry.changelog.clone(),
+                partition,
+                outbox,
+                stats: self.streams.inner.stats.clone(),
+            }),
+            error: None,
+        }
     }
 }
 
