@@ -68,9 +68,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::config::{ProducerConfig, Properties};
+use super::config::Properties;
 use super::dead_letter::HEADER_PREFIX;
 use super::native::to_consumed_record;
+use super::producer::ProducerConfig;
 use super::transactions::{TransactionError, TransactionalProducer};
 use crate::{ConsumedRecord, OutgoingRecord, RawHeader, RawHeaders};
 

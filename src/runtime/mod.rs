@@ -26,12 +26,12 @@ pub use access::{ClusterRefused, RefusalKind, WatchedContext};
 pub use batch::{BatchMeta, BatchOutcome, RecordBatch, RecordFailure};
 pub use config::{
     BatchSettings, ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering,
-    ProducerConfig, Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
+    Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};
-pub use outcome::{is_retryable_status, ErrorClass};
-pub use producer::{Delivery, ProduceError, Producer};
+pub use outcome::is_retryable_status;
+pub use producer::{Delivery, ProduceError, Producer, ProducerConfig};
 pub use service::{BatchService, RecordService};
 pub use stats::{PartitionLag, RuntimeStats};
 pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};

@@ -37,7 +37,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, oneshot};
 
-use super::config::ProducerConfig;
+use super::producer::ProducerConfig;
 use super::producer::{send_with, validate_record, Delivery, ProduceError};
 use crate::OutgoingRecord;
 

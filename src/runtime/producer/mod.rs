@@ -51,8 +51,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use tower::Service;
 
+mod config;
+
+pub use config::ProducerConfig;
+
 use super::access::{AccessWatch, ClusterRefused, WatchedContext};
-use super::config::ProducerConfig;
 use super::native::write_headers;
 use crate::context::DEFAULT_HEADERS;
 use crate::mapping::{is_valid_topic_name, MappingError};
