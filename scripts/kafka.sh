@@ -25,6 +25,9 @@
 #   scripts/kafka.sh kill     SIGKILL it (a crash): data and ports are kept
 #   scripts/kafka.sh restart  start it again on the same data and ports,
 #                             wait until ready, print the same addresses
+#   scripts/kafka.sh reap SECONDS   stop the broker once none of the
+#                             processes listed in $DIR/users has been alive
+#                             for SECONDS (the test kit's own broker)
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka tool class (console
 #                             producer/consumer, TopicCommand) on the classpath
 #
@@ -291,6 +294,38 @@ stop() {
   rm -f "$DIR/broker.pid"
 }
 
+# Whether a process listed in $DIR/users is alive.
+users_alive() {
+  local pid
+  [ -f "$DIR/users" ] || return 1
+  while read -r pid; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 0; fi
+  done < "$DIR/users"
+  return 1
+}
+
+reap() {
+  local grace="${1:-30}" idle=0
+  while true; do
+    sleep 1
+    [ -f "$DIR/broker.pid" ] || exit 0
+    if users_alive; then idle=0; continue; fi
+    idle=$((idle + 1))
+    [ "$idle" -ge "$grace" ] || continue
+    # Under the lock a joining test process takes (flock, as Rust's
+    # File::lock): none can register while the broker is being stopped.
+    exec 9>>"$DIR/lock"
+    flock 9
+    if ! users_alive; then
+      stop
+      rm -f "$DIR/users" "$DIR/addresses"
+      exit 0
+    fi
+    flock -u 9
+    idle=0
+  done
+}
+
 tool() {
   fetch
   local class="$1"; shift
@@ -305,6 +340,7 @@ case "${1:-}" in
   stop) stop ;;
   kill) kill_broker ;;
   restart) restart ;;
+  reap) shift; reap "$@" ;;
   tool) shift; tool "$@" ;;
-  *) echo "usage: $0 fetch|start|stop|kill|restart|tool CLASS ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start|stop|kill|restart|reap SECONDS|tool CLASS ARGS..." >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 //! Shared helpers of kafka-tower's integration tests (not published): a
-//! real Apache Kafka broker is named by `KAFKA_BOOTSTRAP_SERVERS`
-//! (`scripts/test` starts one). Topics get unique names so that tests run
-//! in parallel on one broker; waits are on conditions with a deadline
-//! ([`WAIT`]), never bare sleeps.
+//! real Apache Kafka broker, named by `KAFKA_BOOTSTRAP_SERVERS`
+//! (`scripts/test` starts one) or, when that is unset, started by the first
+//! test that needs it (see [`broker`]). Topics get unique names so that
+//! tests run in parallel on one broker; waits are on conditions with a
+//! deadline ([`WAIT`]), never bare sleeps.
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
@@ -26,16 +27,152 @@ use tokio::sync::watch;
 /// How long any wait for the broker may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(90);
 
+/// The test broker's addresses (`KAFKA_BOOTSTRAP_SERVERS` and the other
+/// `KAFKA_*` values `scripts/kafka.sh start` prints).
+///
+/// From the environment when `KAFKA_BOOTSTRAP_SERVERS` is set. Otherwise,
+/// like testcontainers, the first test that asks starts the project's
+/// broker (`scripts/kafka.sh`, in `target/kafka-auto`) and every test
+/// binary of the run shares it: a lock file serialises the start, each
+/// process registers itself, and a reaper stops the broker 30 s after the
+/// last registered process has exited. Without Java or Maven the test fails
+/// with one message saying what to install.
+pub fn broker() -> &'static HashMap<String, String> {
+    static BROKER: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    BROKER.get_or_init(|| {
+        if std::env::var_os("KAFKA_BOOTSTRAP_SERVERS").is_some() {
+            return std::env::vars()
+                .filter(|(k, _)| k.starts_with("KAFKA_"))
+                .collect();
+        }
+        auto_broker::start_or_join().unwrap_or_else(|why| panic!("{why}"))
+    })
+}
+
 pub fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
-        "KAFKA_BOOTSTRAP_SERVERS must name a running Kafka broker: run `scripts/test`, which starts one",
-    )
+    broker_env("KAFKA_BOOTSTRAP_SERVERS")
 }
 
 fn broker_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} must be set by `scripts/kafka.sh start` (run `scripts/test`, which starts the broker)")
+    broker().get(name).cloned().unwrap_or_else(|| {
+        panic!("{name} is not set: `scripts/kafka.sh start` prints it (run `scripts/test`, or `cargo test` without KAFKA_BOOTSTRAP_SERVERS)")
     })
+}
+
+/// The broker `cargo test` starts for itself (see [`broker`]).
+mod auto_broker {
+    use std::collections::HashMap;
+    use std::fs::{self, File, OpenOptions};
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    fn workspace_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("testkit lives in the workspace")
+            .to_path_buf()
+    }
+
+    fn missing(what: &str) -> String {
+        format!(
+            "the broker tests need Apache Kafka: set KAFKA_BOOTSTRAP_SERVERS to a broker, or install \
+             {what} so that `cargo test` starts one itself (scripts/kafka.sh; Debian/Ubuntu: \
+             `apt-get install openjdk-17-jre-headless maven`), or run `scripts/test`"
+        )
+    }
+
+    fn has(cmd: &str, arg: &str) -> bool {
+        Command::new(cmd)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn parse(text: &str) -> HashMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.trim().split_once('='))
+            .filter(|(k, _)| k.starts_with("KAFKA_"))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn alive(dir: &Path) -> bool {
+        fs::read_to_string(dir.join("broker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    pub(super) fn start_or_join() -> Result<HashMap<String, String>, String> {
+        let root = workspace_root();
+        let dir = root.join("target/kafka-auto");
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let lock = File::create(dir.join("lock")).map_err(|e| e.to_string())?;
+        lock.lock()
+            .map_err(|e| format!("cannot lock the broker directory: {e}"))?;
+        // Registered before the broker is looked at, so that the reaper of
+        // a broker about to be reaped sees this process.
+        let mut users = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("users"))
+            .map_err(|e| e.to_string())?;
+        writeln!(users, "{}", std::process::id()).map_err(|e| e.to_string())?;
+        let addresses = dir.join("addresses");
+        if alive(&dir) {
+            if let Ok(text) = fs::read_to_string(&addresses) {
+                let found = parse(&text);
+                if found.contains_key("KAFKA_BOOTSTRAP_SERVERS") {
+                    return Ok(found);
+                }
+            }
+        }
+        if !has("java", "-version") {
+            return Err(missing("Java 17 or later"));
+        }
+        if !root.join("target/kafka-libs/.complete").exists() && !has("mvn", "-v") {
+            return Err(missing("Maven (to fetch the Kafka jars)"));
+        }
+        eprintln!(
+            "kafka-tower-testkit: KAFKA_BOOTSTRAP_SERVERS is unset: starting a broker in {}",
+            dir.display()
+        );
+        let script = root.join("scripts/kafka.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .env("KAFKA_TOWER_BROKER_DIR", &dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} start failed ({})",
+                script.display(),
+                out.status
+            ));
+        }
+        let found = parse(&String::from_utf8_lossy(&out.stdout));
+        if !found.contains_key("KAFKA_BOOTSTRAP_SERVERS") {
+            return Err(format!(
+                "{} start printed no KAFKA_BOOTSTRAP_SERVERS",
+                script.display()
+            ));
+        }
+        // The reaper outlives this process: it stops the broker once every
+        // registered test process is gone.
+        Command::new(&script)
+            .args(["reap", "30"])
+            .env("KAFKA_TOWER_BROKER_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the broker's reaper: {e}"))?;
+        Ok(found)
+    }
 }
 
 /// The test broker's secured listeners (`scripts/kafka.sh`): SASL_SSL with

@@ -134,10 +134,6 @@
 //! | cold verify PS256 / RS256 (2048-bit) | ≈ 58 / 65 µs |
 //! | cold verify ES256 | ≈ 165 µs |
 //! | cache hit (any algorithm), per record | ≈ 0.4 µs |
-//!
-//! # Minimum Rust version
-//!
-//! 1.88, jsonwebtoken 12's.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

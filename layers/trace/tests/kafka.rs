@@ -17,12 +17,7 @@ use tokio::sync::Notify;
 use tower::{service_fn, Layer};
 use tracing_subscriber::layer::SubscriberExt as _;
 
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
-        "KAFKA_BOOTSTRAP_SERVERS must name a running Kafka broker: run `scripts/test`, \
-         or `scripts/kafka.sh start` and export what it prints",
-    )
-}
+use kafka_tower_testkit::bootstrap;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_python_producers_traceparent_is_continued() {

@@ -1,5 +1,5 @@
-//! Helpers of the tests that need a real Kafka broker, named by
-//! `KAFKA_BOOTSTRAP_SERVERS` (`scripts/test` starts one).
+//! Helpers of the tests that need a real Kafka broker (the test kit's:
+//! `KAFKA_BOOTSTRAP_SERVERS`, or one `cargo test` starts).
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
@@ -13,12 +13,7 @@ use rdkafka::ClientConfig;
 /// How long any wait for the broker may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-pub fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
-        "KAFKA_BOOTSTRAP_SERVERS must name a running Kafka broker: run `scripts/test`, \
-         or `scripts/kafka.sh start` and export what it prints",
-    )
-}
+pub use kafka_tower_testkit::bootstrap;
 
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
