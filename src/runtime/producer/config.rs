@@ -155,10 +155,7 @@ impl ProducerConfig {
         env: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
         let (value, origin) = read_file(path.as_ref())?;
-        let config: ProducerConfig =
-            load(value, &origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
-        config.validate_in(&origin)?;
-        Ok(config)
+        Self::from_value(value, &origin, env)
     }
 
     /// Parses YAML text; `origin` names it in errors.
@@ -167,15 +164,7 @@ impl ProducerConfig {
         origin: &str,
         env: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let config: ProducerConfig = load(
-            parse_yaml(text, origin)?,
-            origin,
-            env,
-            PRODUCER_ENV_PREFIX,
-            PRODUCER_FIELDS,
-        )?;
-        config.validate_in(origin)?;
-        Ok(config)
+        Self::from_value(parse_yaml(text, origin)?, origin, env)
     }
 
     /// Parses TOML text; `origin` names it in errors.
@@ -194,13 +183,17 @@ impl ProducerConfig {
         origin: &str,
         env: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let config: ProducerConfig = load(
-            parse_toml(text, origin)?,
-            origin,
-            env,
-            PRODUCER_ENV_PREFIX,
-            PRODUCER_FIELDS,
-        )?;
+        Self::from_value(parse_toml(text, origin)?, origin, env)
+    }
+
+    /// Applies the environment to a parsed file, then validates.
+    fn from_value<K: AsRef<str>, V: AsRef<str>>(
+        value: serde_json::Value,
+        origin: &str,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError> {
+        let config: ProducerConfig =
+            load(value, origin, env, PRODUCER_ENV_PREFIX, PRODUCER_FIELDS)?;
         config.validate_in(origin)?;
         Ok(config)
     }
