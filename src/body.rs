@@ -1,18 +1,4 @@
-//! [`RecordBody`], the request body of a consumed record.
-//!
-//! It holds the payload as [`Bytes`] (no copy beyond the owned record) and
-//! implements [`http_body::Body`], so every tower-http layer and every axum
-//! extractor accepts it:
-//!
-//! ```
-//! use http_body::Body as _;
-//! use kafka_tower::RecordBody;
-//!
-//! let body = RecordBody::new(Some(bytes::Bytes::from_static(b"{\"id\":1}")));
-//! assert_eq!(body.size_hint().exact(), Some(8));
-//! assert!(!body.is_tombstone());
-//! assert!(RecordBody::tombstone().is_tombstone());
-//! ```
+//! See [`RecordBody`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -21,6 +7,22 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+/// [`RecordBody`], the request body of a consumed record.
+///
+/// It holds the payload as [`Bytes`] (no copy beyond the owned record) and
+/// implements [`http_body::Body`], so every tower-http layer and every axum
+/// extractor accepts it:
+///
+/// ```
+/// use http_body::Body as _;
+/// use kafka_tower::RecordBody;
+///
+/// let body = RecordBody::new(Some(bytes::Bytes::from_static(b"{\"id\":1}")));
+/// assert_eq!(body.size_hint().exact(), Some(8));
+/// assert!(!body.is_tombstone());
+/// assert!(RecordBody::tombstone().is_tombstone());
+/// ```
+///
 /// The payload of a record as an [`http_body::Body`].
 ///
 /// A tombstone (a record with a null payload) is an empty body whose

@@ -1,22 +1,24 @@
-//! [`Caller`]: who sent a request, as an authentication layer established
-//! it — the common ground of authentication, metrics and audit.
-//!
-//! An authentication layer (such as `kafka-tower-jwt`'s `JwtLayer`) inserts
-//! a `Caller` into the request extensions; metrics label by its client id,
-//! audit records its subject and client. Layers that read it need not
-//! depend on the layer that wrote it.
-//!
-//! ```
-//! use kafka_tower::Caller;
-//!
-//! let caller = Caller::new(Some("user-7"), Some("mobile-app"), None);
-//! let mut req = http::Request::new(());
-//! req.extensions_mut().insert(caller);
-//! assert_eq!(req.extensions().get::<Caller>().and_then(Caller::client_id), Some("mobile-app"));
-//! ```
+//! See [`Caller`].
 
 use std::sync::Arc;
 
+/// [`Caller`]: who sent a request, as an authentication layer established
+/// it — the common ground of authentication, metrics and audit.
+///
+/// An authentication layer (such as `kafka-tower-jwt`'s `JwtLayer`) inserts
+/// a `Caller` into the request extensions; metrics label by its client id,
+/// audit records its subject and client. Layers that read it need not
+/// depend on the layer that wrote it.
+///
+/// ```
+/// use kafka_tower::Caller;
+///
+/// let caller = Caller::new(Some("user-7"), Some("mobile-app"), None);
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(caller);
+/// assert_eq!(req.extensions().get::<Caller>().and_then(Caller::client_id), Some("mobile-app"));
+/// ```
+///
 /// The authenticated caller of a request. Cheap to clone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Caller {

@@ -75,13 +75,15 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod body;
-pub mod caller;
+mod body;
+mod caller;
 pub mod context;
+#[cfg(feature = "runtime")]
+pub mod dlq;
 pub mod mapping;
-pub mod offsets;
+mod offsets;
 pub mod outcome;
-pub mod record;
+mod record;
 pub mod refusal;
 #[cfg(feature = "runtime")]
 pub mod runtime;
@@ -93,8 +95,6 @@ pub use mapping::{ConsumedRecord, MappingError, OutgoingRecord};
 pub use offsets::OffsetTracker;
 pub use record::{RawHeader, RawHeaders, RecordMeta, TimestampType};
 pub use refusal::Refusal;
-#[cfg(feature = "runtime")]
-pub use runtime::dlq;
 #[cfg(feature = "runtime")]
 pub use runtime::{
     Consumer, ConsumerBuilder, ConsumerConfig, ConsumerError, DeadLetterPolicy, Ordering,

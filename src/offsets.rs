@@ -1,29 +1,30 @@
-//! [`OffsetTracker`]: which offset of a partition may be committed.
-//!
-//! Records of a partition are dispatched in offset order but may finish in
-//! any order (per-key ordering lets records of different keys overtake each
-//! other). Committing offset `n` tells Kafka that every record before `n` is
-//! done, so the tracker only ever offers the end of the *contiguous finished
-//! prefix*: the lowest offset still in flight, or one past the highest
-//! dispatched offset when nothing is in flight.
-//!
-//! ```
-//! use kafka_tower::OffsetTracker;
-//!
-//! let mut t = OffsetTracker::new();
-//! for o in [10, 11, 12] { t.dispatched(o); }
-//! t.finished(12);
-//! assert_eq!(t.commit_point(), Some(10)); // 10 and 11 still running
-//! t.finished(10);
-//! assert_eq!(t.commit_point(), Some(11));
-//! t.finished(11);
-//! assert_eq!(t.commit_point(), Some(13)); // all done: commit past the last
-//! ```
+//! See [`OffsetTracker`].
 
 use std::collections::VecDeque;
 
-/// Tracks dispatched and finished offsets of one partition. See the
-/// [module docs](self).
+/// [`OffsetTracker`]: which offset of a partition may be committed.
+///
+/// Records of a partition are dispatched in offset order but may finish in
+/// any order (per-key ordering lets records of different keys overtake each
+/// other). Committing offset `n` tells Kafka that every record before `n` is
+/// done, so the tracker only ever offers the end of the *contiguous finished
+/// prefix*: the lowest offset still in flight, or one past the highest
+/// dispatched offset when nothing is in flight.
+///
+/// ```
+/// use kafka_tower::OffsetTracker;
+///
+/// let mut t = OffsetTracker::new();
+/// for o in [10, 11, 12] { t.dispatched(o); }
+/// t.finished(12);
+/// assert_eq!(t.commit_point(), Some(10)); // 10 and 11 still running
+/// t.finished(10);
+/// assert_eq!(t.commit_point(), Some(11));
+/// t.finished(11);
+/// assert_eq!(t.commit_point(), Some(13)); // all done: commit past the last
+/// ```
+///
+/// Tracks dispatched and finished offsets of one partition (see above).
 ///
 /// Offsets need not be contiguous (compaction and transaction markers leave
 /// gaps) but must be dispatched in increasing order. Memory is proportional

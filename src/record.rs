@@ -1,18 +1,4 @@
-//! The vocabulary of a Kafka record as seen from a request: [`RecordMeta`],
-//! [`TimestampType`], and the byte-exact [`RawHeaders`].
-//!
-//! A consumed record carries everything HTTP cannot express in request
-//! extensions. Layers read them with [`http::Request::extensions`]:
-//!
-//! ```
-//! use kafka_tower::{RecordMeta, RawHeaders};
-//!
-//! fn describe<B>(req: &http::Request<B>) -> String {
-//!     let meta = req.extensions().get::<RecordMeta>().expect("set by the runtime");
-//!     let headers = req.extensions().get::<RawHeaders>().map_or(0, |h| h.len());
-//!     format!("{}[{}]@{} with {headers} headers", meta.topic(), meta.partition(), meta.offset())
-//! }
-//! ```
+//! See [`RecordMeta`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -53,6 +39,22 @@ impl fmt::Display for TimestampType {
     }
 }
 
+/// The vocabulary of a Kafka record as seen from a request: [`RecordMeta`],
+/// [`TimestampType`], and the byte-exact [`RawHeaders`].
+///
+/// A consumed record carries everything HTTP cannot express in request
+/// extensions. Layers read them with [`http::Request::extensions`]:
+///
+/// ```
+/// use kafka_tower::{RecordMeta, RawHeaders};
+///
+/// fn describe<B>(req: &http::Request<B>) -> String {
+///     let meta = req.extensions().get::<RecordMeta>().expect("set by the runtime");
+///     let headers = req.extensions().get::<RawHeaders>().map_or(0, |h| h.len());
+///     format!("{}[{}]@{} with {headers} headers", meta.topic(), meta.partition(), meta.offset())
+/// }
+/// ```
+///
 /// Where a consumed record came from and how often it has been tried.
 ///
 /// Inserted as a request extension by the consumer runtime (and by

@@ -1,18 +1,4 @@
-//! Refusals by the cluster that no retry can fix: credentials the broker
-//! rejects and TLS handshakes that fail on a certificate.
-//!
-//! librdkafka retries both forever, logging each attempt; a consumer would
-//! sit idle and a producer would hold each record until
-//! `message.timeout.ms`. The runtime's clients watch what librdkafka
-//! reports instead and stop with a [`ClusterRefused`] naming the cause:
-//! [`Consumer::serve`](super::Consumer::serve) returns it (as the source of
-//! its [`ConsumerError`](super::ConsumerError)) and
-//! [`Producer::send`](super::Producer::send) fails with
-//! [`ProduceError::Refused`](super::ProduceError::Refused).
-//!
-//! A disconnect during a handshake (a broker restarting) is not a refusal:
-//! only an OpenSSL error or a TLS alert in the handshake, and a SASL
-//! authentication error, are.
+//! See [`ClusterRefused`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -38,6 +24,22 @@ pub enum RefusalKind {
     Tls,
 }
 
+/// Refusals by the cluster that no retry can fix: credentials the broker
+/// rejects and TLS handshakes that fail on a certificate.
+///
+/// librdkafka retries both forever, logging each attempt; a consumer would
+/// sit idle and a producer would hold each record until
+/// `message.timeout.ms`. The runtime's clients watch what librdkafka
+/// reports instead and stop with a [`ClusterRefused`] naming the cause:
+/// [`Consumer::serve`](super::Consumer::serve) returns it (as the source of
+/// its [`ConsumerError`](super::ConsumerError)) and
+/// [`Producer::send`](super::Producer::send) fails with
+/// [`ProduceError::Refused`](super::ProduceError::Refused).
+///
+/// A disconnect during a handshake (a broker restarting) is not a refusal:
+/// only an OpenSSL error or a TLS alert in the handshake, and a SASL
+/// authentication error, are.
+///
 /// The cluster refused this client; retrying with the same configuration
 /// cannot succeed.
 ///
@@ -243,7 +245,7 @@ impl AccessWatch {
 /// [`Producer`](super::Producer), the dead-letter producer and the
 /// [`TransactionalProducer`](super::TransactionalProducer)): librdkafka's
 /// logs go to `tracing` (target `librdkafka`, secrets scrubbed), and a
-/// refusal by the cluster is noticed (see the [module docs](self)).
+/// refusal by the cluster is noticed (see [`ClusterRefused`]).
 #[derive(Clone, Default)]
 pub struct WatchedContext {
     pub(crate) access: Arc<AccessWatch>,

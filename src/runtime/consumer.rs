@@ -293,7 +293,7 @@ impl Consumer {
     /// the bad librdkafka property), when the cluster refuses the
     /// consumer's or its dead-letter producer's credentials or TLS
     /// handshake ([`ConsumerError::refused`], within about a second of
-    /// librdkafka's first attempt: see [`access`](super::access)), on a
+    /// librdkafka's first attempt: see [`ClusterRefused`](super::ClusterRefused)), on a
     /// fatal client error, or when the runtime itself fails on a partition
     /// (a panic below the service that even dead-lettering the record could
     /// not get past).

@@ -1,45 +1,4 @@
-//! Exactly-once consume-transform-produce: [`Consumer::serve_exactly_once`].
-//!
-//! The consumer reads a batch (at most `max_batch` records or `max_delay`),
-//! opens a Kafka transaction, serves every record (partitions in parallel,
-//! each partition in order), and then, in that one transaction, produces
-//! the records each handler put into its [`Outbox`], the dead letters of
-//! the batch, and the batch's consumed offsets (`send_offsets_to_transaction`).
-//! Committing the transaction makes all of it visible at once to
-//! `read_committed` consumers. If anything fails the transaction is
-//! aborted, the partitions are rewound to the start of the batch and the
-//! batch is served again; a process killed mid-batch leaves an open
-//! transaction that the broker aborts when the restarted instance (same
-//! `transactional_id`) initialises. So each input's outputs appear exactly
-//! once downstream.
-//!
-//! What is *not* exactly-once: side effects of the handler other than the
-//! outbox (an HTTP call, a database write) happen once per attempt; make
-//! them idempotent.
-//!
-//! ```no_run
-//! use kafka_tower::runtime::{ExactlyOnce, Outbox, ProducerConfig};
-//! use kafka_tower::{Consumer, OutgoingRecord, RecordBody};
-//! use tower::service_fn;
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let service = service_fn(|req: http::Request<RecordBody>| async move {
-//!     let outbox = req.extensions().get::<Outbox>().expect("set in exactly-once mode").clone();
-//!     let payload = req.into_body().into_payload();
-//!     outbox.send(OutgoingRecord { topic: "orders-enriched".into(), payload, ..Default::default() });
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-//! });
-//! let mut producer = ProducerConfig::new("127.0.0.1:9092");
-//! producer.transactional_id = Some("enricher-0".into());
-//! Consumer::builder()
-//!     .bootstrap_servers("127.0.0.1:9092")
-//!     .group_id("enricher")
-//!     .topics(["orders"])
-//!     .build()?
-//!     .serve_exactly_once(service, ExactlyOnce::new(producer), std::future::pending())
-//!     .await?;
-//! # Ok(()) }
-//! ```
+//! See [`ExactlyOnce`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -120,6 +79,49 @@ pub type PartitionsCallback = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
 /// `false` aborted (or never committed because processing stopped).
 pub type BatchEndCallback = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// Exactly-once consume-transform-produce: [`Consumer::serve_exactly_once`].
+///
+/// The consumer reads a batch (at most `max_batch` records or `max_delay`),
+/// opens a Kafka transaction, serves every record (partitions in parallel,
+/// each partition in order), and then, in that one transaction, produces
+/// the records each handler put into its [`Outbox`], the dead letters of
+/// the batch, and the batch's consumed offsets (`send_offsets_to_transaction`).
+/// Committing the transaction makes all of it visible at once to
+/// `read_committed` consumers. If anything fails the transaction is
+/// aborted, the partitions are rewound to the start of the batch and the
+/// batch is served again; a process killed mid-batch leaves an open
+/// transaction that the broker aborts when the restarted instance (same
+/// `transactional_id`) initialises. So each input's outputs appear exactly
+/// once downstream.
+///
+/// What is *not* exactly-once: side effects of the handler other than the
+/// outbox (an HTTP call, a database write) happen once per attempt; make
+/// them idempotent.
+///
+/// ```no_run
+/// use kafka_tower::runtime::{ExactlyOnce, Outbox, ProducerConfig};
+/// use kafka_tower::{Consumer, OutgoingRecord, RecordBody};
+/// use tower::service_fn;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let service = service_fn(|req: http::Request<RecordBody>| async move {
+///     let outbox = req.extensions().get::<Outbox>().expect("set in exactly-once mode").clone();
+///     let payload = req.into_body().into_payload();
+///     outbox.send(OutgoingRecord { topic: "orders-enriched".into(), payload, ..Default::default() });
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// });
+/// let mut producer = ProducerConfig::new("127.0.0.1:9092");
+/// producer.transactional_id = Some("enricher-0".into());
+/// Consumer::builder()
+///     .bootstrap_servers("127.0.0.1:9092")
+///     .group_id("enricher")
+///     .topics(["orders"])
+///     .build()?
+///     .serve_exactly_once(service, ExactlyOnce::new(producer), std::future::pending())
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
 /// Settings of [`Consumer::serve_exactly_once`].
 #[derive(Clone)]
 pub struct ExactlyOnce {
@@ -273,7 +275,7 @@ impl From<TransactionError> for BatchError {
 }
 
 impl Consumer {
-    /// Serves records exactly-once: see [`exactly_once`](super::exactly_once).
+    /// Serves records exactly-once: see [`ExactlyOnce`].
     ///
     /// The consumer reads with `isolation.level=read_committed` unless
     /// configured otherwise. Ordering is per partition; `max_in_flight`

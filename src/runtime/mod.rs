@@ -1,32 +1,32 @@
 //! The consumer runtime (feature `runtime`): [`Consumer`], its
 //! configuration, and the dead-letter path.
 
-pub mod access;
+mod access;
 mod attempt;
 mod batch;
 #[doc(hidden)]
 pub mod bench_support;
-pub mod config;
+mod config;
 mod consumer;
 pub mod dead_letter;
-pub mod dlq;
-pub mod exactly_once;
+mod exactly_once;
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub mod fault_injection;
 mod lane;
-mod native;
+pub(crate) mod native;
 mod outcome;
-pub mod producer;
+mod producer;
 mod service;
 mod stats;
-pub mod transactions;
+mod transactions;
 
 pub use access::{ClusterRefused, RefusalKind, WatchedContext};
 pub use batch::{BatchMeta, BatchOutcome, RecordBatch, RecordFailure};
 pub use config::{
-    BatchSettings, ConfigError, ConsumerConfig, ContextSettings, DeadLetterPolicy, Ordering,
-    Properties, PropertyValue, RetryPolicy, TOOLING_ENV_VARS,
+    is_secret_property, BatchSettings, ConfigError, ConsumerConfig, ContextSettings,
+    DeadLetterPolicy, Ordering, Properties, PropertyValue, RetryPolicy, ENV_PREFIX,
+    PRODUCER_ENV_PREFIX, TOOLING_ENV_VARS,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerError};
 pub use exactly_once::{BatchEndCallback, ExactlyOnce, Outbox, PartitionsCallback};

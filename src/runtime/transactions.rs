@@ -1,26 +1,4 @@
-//! Producing in Kafka transactions: [`TransactionalProducer`] (explicit
-//! `begin` / `send` / `commit` / `abort`, and atomic batches) and
-//! [`TransactionalQueue`] (records queued by many tasks, committed together
-//! every N records or T milliseconds).
-//!
-//! Transactions are what make a topic an event store: either every record
-//! of a batch becomes visible to `read_committed` consumers, or none does.
-//!
-//! ```no_run
-//! use kafka_tower::runtime::{ProducerConfig, TransactionalProducer};
-//! use kafka_tower::OutgoingRecord;
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let mut config = ProducerConfig::new("127.0.0.1:9092");
-//! config.transactional_id = Some("billing-0".into());
-//! let producer = TransactionalProducer::new(config).await?;
-//! let events = vec![
-//!     OutgoingRecord { topic: "accounts".into(), key: Some("acc-1".into()), payload: Some("debited 10".into()), ..Default::default() },
-//!     OutgoingRecord { topic: "accounts".into(), key: Some("acc-2".into()), payload: Some("credited 10".into()), ..Default::default() },
-//! ];
-//! producer.send_batch(events).await?; // both or neither
-//! # Ok(()) }
-//! ```
+//! See [`TransactionalProducer`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -145,8 +123,31 @@ fn classify(e: KafkaError) -> TransactionError {
     TransactionError::Aborted(msg)
 }
 
-/// A producer whose sends belong to Kafka transactions. See the
-/// [module docs](self).
+/// Producing in Kafka transactions: [`TransactionalProducer`] (explicit
+/// `begin` / `send` / `commit` / `abort`, and atomic batches) and
+/// [`TransactionalQueue`] (records queued by many tasks, committed together
+/// every N records or T milliseconds).
+///
+/// Transactions are what make a topic an event store: either every record
+/// of a batch becomes visible to `read_committed` consumers, or none does.
+///
+/// ```no_run
+/// use kafka_tower::runtime::{ProducerConfig, TransactionalProducer};
+/// use kafka_tower::OutgoingRecord;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let mut config = ProducerConfig::new("127.0.0.1:9092");
+/// config.transactional_id = Some("billing-0".into());
+/// let producer = TransactionalProducer::new(config).await?;
+/// let events = vec![
+///     OutgoingRecord { topic: "accounts".into(), key: Some("acc-1".into()), payload: Some("debited 10".into()), ..Default::default() },
+///     OutgoingRecord { topic: "accounts".into(), key: Some("acc-2".into()), payload: Some("credited 10".into()), ..Default::default() },
+/// ];
+/// producer.send_batch(events).await?; // both or neither
+/// # Ok(()) }
+/// ```
+///
+/// A producer whose sends belong to Kafka transactions (see above).
 ///
 /// One transaction at a time; the methods take `&self` so that records of
 /// the open transaction can be sent concurrently.
@@ -459,7 +460,7 @@ type Waiter = oneshot::Sender<Result<Delivery, TransactionError>>;
 /// A queue that many tasks send records to; a background task commits them
 /// in one transaction per `max_records` records or `max_delay`, whichever
 /// comes first, and tells each sender when its record is committed (or why
-/// not). See the [module docs](self).
+/// not). See [`TransactionalProducer`].
 #[derive(Clone, Debug)]
 pub struct TransactionalQueue {
     tx: mpsc::Sender<(OutgoingRecord, Waiter)>,

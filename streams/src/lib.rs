@@ -7,7 +7,7 @@ pub mod projection;
 #[cfg(feature = "axum")]
 pub mod query;
 mod restore;
-pub mod store;
+mod store;
 mod streams;
 
 pub use store::{StateStore, StoreKind, StoreStats, StoreStatsSnapshot};

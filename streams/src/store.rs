@@ -1,25 +1,4 @@
-//! Keyed state stores, one per (store, input partition), backed by a
-//! compacted changelog topic.
-//!
-//! A handler reads and writes its record's partition through the
-//! [`StateStore`] request extension. Writes are *staged* per attempt: they
-//! reach the partition's store only when the attempt answers `2xx`, and
-//! then the [`Stateful`](crate::Stateful) service appends one changelog
-//! record per written key to the attempt's
-//! [`Outbox`](kafka_tower::runtime::Outbox), so state, outputs and consumed
-//! offsets commit in one transaction. Applied writes stay *pending* until
-//! the batch's transaction ends: kept when it commits, rolled back when it
-//! aborts (see [`crate::Streams`]).
-//!
-//! ```
-//! use kafka_tower_streams::StateStore;
-//!
-//! let store = StateStore::detached("accounts", 0);
-//! store.put("acc-1", "100");
-//! assert_eq!(store.get(b"acc-1").as_deref(), Some(&b"100"[..]));
-//! store.delete("acc-1");
-//! assert_eq!(store.get(b"acc-1"), None);
-//! ```
+//! See [`StateStore`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -149,6 +128,29 @@ pub(crate) fn lock(p: &SharedPartition) -> MutexGuard<'_, PartitionData> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Keyed state stores, one per (store, input partition), backed by a
+/// compacted changelog topic.
+///
+/// A handler reads and writes its record's partition through the
+/// [`StateStore`] request extension. Writes are *staged* per attempt: they
+/// reach the partition's store only when the attempt answers `2xx`, and
+/// then the [`Stateful`](crate::Stateful) service appends one changelog
+/// record per written key to the attempt's
+/// [`Outbox`](kafka_tower::runtime::Outbox), so state, outputs and consumed
+/// offsets commit in one transaction. Applied writes stay *pending* until
+/// the batch's transaction ends: kept when it commits, rolled back when it
+/// aborts (see [`crate::Streams`]).
+///
+/// ```
+/// use kafka_tower_streams::StateStore;
+///
+/// let store = StateStore::detached("accounts", 0);
+/// store.put("acc-1", "100");
+/// assert_eq!(store.get(b"acc-1").as_deref(), Some(&b"100"[..]));
+/// store.delete("acc-1");
+/// assert_eq!(store.get(b"acc-1"), None);
+/// ```
+///
 /// A handler's view of one store partition for one attempt: reads see the
 /// attempt's own staged writes first; writes are staged until the attempt
 /// succeeds. A request extension set by [`Stateful`](crate::Stateful).

@@ -1,22 +1,4 @@
-//! [`Auditor`]: the configuration, the bounded queue and the writer thread
-//! behind every [`AuditLayer`] it makes.
-//!
-//! The request path only builds the record and puts it on a bounded queue;
-//! a dedicated writer thread takes records off in batches, links them into
-//! chains (when on) and hands each batch to every sink in turn. When the
-//! queue is full the [`QueueFullPolicy`] decides: wait for room (the
-//! response waits, so backpressure reaches the consumer), or drop the
-//! record and count it ([`Auditor::dropped`]).
-//!
-//! With [`must_audit`](AuditorBuilder::must_audit) a response also waits
-//! until every sink wrote its record; a sink failure (or a record dropped
-//! from a full queue) answers `503 Service Unavailable` with a
-//! [`Refusal`](kafka_tower::Refusal) `audit` / `sink_failed` (or
-//! `queue_full`) instead, which the consumer runtime retries.
-//!
-//! Call [`Auditor::flush`] before shutting down: the writer thread ends
-//! once every handle is dropped and the queue is drained, but a process
-//! that exits first loses what is still queued.
+//! See [`Auditor`].
 
 use std::fmt;
 use std::future::Future;
@@ -363,9 +345,28 @@ impl AuditorBuilder {
     }
 }
 
+/// [`Auditor`]: the configuration, the bounded queue and the writer thread
+/// behind every [`AuditLayer`] it makes.
+///
+/// The request path only builds the record and puts it on a bounded queue;
+/// a dedicated writer thread takes records off in batches, links them into
+/// chains (when on) and hands each batch to every sink in turn. When the
+/// queue is full the [`QueueFullPolicy`] decides: wait for room (the
+/// response waits, so backpressure reaches the consumer), or drop the
+/// record and count it ([`Auditor::dropped`]).
+///
+/// With [`must_audit`](AuditorBuilder::must_audit) a response also waits
+/// until every sink wrote its record; a sink failure (or a record dropped
+/// from a full queue) answers `503 Service Unavailable` with a
+/// [`Refusal`](kafka_tower::Refusal) `audit` / `sink_failed` (or
+/// `queue_full`) instead, which the consumer runtime retries.
+///
+/// Call [`Auditor::flush`] before shutting down: the writer thread ends
+/// once every handle is dropped and the queue is drained, but a process
+/// that exits first loses what is still queued.
+///
 /// The audit trail of one service: makes [`AuditLayer`]s, owns the queue
-/// and the writer thread. Cloning is an `Arc` clone. See the
-/// [module docs](self).
+/// and the writer thread. Cloning is an `Arc` clone.
 #[derive(Clone)]
 pub struct Auditor {
     pub(crate) shared: Arc<Shared>,
@@ -395,7 +396,7 @@ impl Auditor {
 
     /// A layer to place *inside* an authentication layer that sits inside
     /// this auditor's [`AuditLayer`]: it reports the [`Caller`](kafka_tower::Caller)
-    /// to the audit record. See [`crate::caller`].
+    /// to the audit record. See [`AuditCaller`](crate::AuditCaller).
     pub fn caller_layer(&self) -> AuditCallerLayer {
         AuditCallerLayer
     }

@@ -1,40 +1,4 @@
-//! [`AuditCallerLayer`]: tells an outer [`Audit`](crate::Audit) who the
-//! caller turned out to be.
-//!
-//! The audit layer sits *outside* the authentication layer so that it sees
-//! refusals — but then the [`Caller`] that layer establishes is inserted
-//! into the request after the audit layer let it go. Place an
-//! `AuditCallerLayer` *inside* the authentication layer: it hands the
-//! `Caller` back to the audit record of the same call.
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use http::{Request, Response};
-//! use kafka_tower::{Caller, RecordBody};
-//! use kafka_tower_audit::{Auditor, MemorySink};
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let sink = MemorySink::new();
-//! let auditor = Auditor::builder().sink(sink.clone()).build()?;
-//! // A stand-in for an authentication layer: inserts the Caller.
-//! let authenticate = tower::util::MapRequestLayer::new(|mut req: Request<RecordBody>| {
-//!     req.extensions_mut().insert(Caller::new(Some("user-1"), Some("web-shop"), None));
-//!     req
-//! });
-//! let service = ServiceBuilder::new()
-//!     .layer(auditor.layer())        // outside: sees refusals
-//!     .layer(authenticate)
-//!     .layer(auditor.caller_layer()) // inside: sees the Caller
-//!     .service(service_fn(|_req: Request<RecordBody>| async {
-//!         Ok::<_, Infallible>(Response::new(String::new()))
-//!     }));
-//! service.oneshot(Request::new(RecordBody::from(bytes::Bytes::new()))).await?;
-//! auditor.flush().await?;
-//! assert_eq!(sink.records()[0].client_id.as_deref(), Some("web-shop"));
-//! # Ok(()) }
-//! ```
+//! See [`AuditCaller`].
 
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -61,6 +25,44 @@ impl<S> Layer<S> for AuditCallerLayer {
     }
 }
 
+/// [`AuditCallerLayer`]: tells an outer [`Audit`](crate::Audit) who the
+/// caller turned out to be.
+///
+/// The audit layer sits *outside* the authentication layer so that it sees
+/// refusals — but then the [`Caller`] that layer establishes is inserted
+/// into the request after the audit layer let it go. Place an
+/// `AuditCallerLayer` *inside* the authentication layer: it hands the
+/// `Caller` back to the audit record of the same call.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use kafka_tower::{Caller, RecordBody};
+/// use kafka_tower_audit::{Auditor, MemorySink};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sink = MemorySink::new();
+/// let auditor = Auditor::builder().sink(sink.clone()).build()?;
+/// // A stand-in for an authentication layer: inserts the Caller.
+/// let authenticate = tower::util::MapRequestLayer::new(|mut req: Request<RecordBody>| {
+///     req.extensions_mut().insert(Caller::new(Some("user-1"), Some("web-shop"), None));
+///     req
+/// });
+/// let service = ServiceBuilder::new()
+///     .layer(auditor.layer())        // outside: sees refusals
+///     .layer(authenticate)
+///     .layer(auditor.caller_layer()) // inside: sees the Caller
+///     .service(service_fn(|_req: Request<RecordBody>| async {
+///         Ok::<_, Infallible>(Response::new(String::new()))
+///     }));
+/// service.oneshot(Request::new(RecordBody::from(bytes::Bytes::new()))).await?;
+/// auditor.flush().await?;
+/// assert_eq!(sink.records()[0].client_id.as_deref(), Some("web-shop"));
+/// # Ok(()) }
+/// ```
+///
 /// Reports the request's [`Caller`] to the [`Audit`](crate::Audit) layer
 /// outside it, then calls the inner service.
 #[derive(Debug, Clone)]

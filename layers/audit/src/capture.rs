@@ -1,30 +1,32 @@
-//! Payload capture strategies: which bytes of a request, if any, go into
-//! the audit record's `payload` (masked per
-//! [`AuditorBuilder::mask`](crate::AuditorBuilder::mask)).
-//!
-//! The strategy is a type parameter of [`AuditLayer`](crate::AuditLayer),
-//! so an uncaptured layer costs nothing and works with any body type:
-//!
-//! * [`NoPayload`] (default): nothing is captured.
-//! * [`BodyPayload`]: the body's bytes, for bodies that hold them
-//!   ([`PeekBody`]: kafka-tower's `RecordBody`, `Bytes`, `String`,
-//!   `Vec<u8>`). A Kafka payload is shared, not copied.
-//! * A closure `Fn(&http::Request<B>) -> Option<Bytes>`, for anything else
-//!   (a header, a body type of your own).
-//!
-//! ```
-//! use kafka_tower_audit::{Auditor, BodyPayload, MemorySink};
-//!
-//! let auditor = Auditor::builder().sink(MemorySink::new()).mask("/card/number").build()?;
-//! let layer = auditor.layer().capture_payload(BodyPayload);
-//! # let _ = layer;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! See [`CapturePayload`].
 
 use bytes::Bytes;
 use http::Request;
 use kafka_tower::RecordBody;
 
+/// Payload capture strategies: which bytes of a request, if any, go into
+/// the audit record's `payload` (masked per
+/// [`AuditorBuilder::mask`](crate::AuditorBuilder::mask)).
+///
+/// The strategy is a type parameter of [`AuditLayer`](crate::AuditLayer),
+/// so an uncaptured layer costs nothing and works with any body type:
+///
+/// * [`NoPayload`] (default): nothing is captured.
+/// * [`BodyPayload`]: the body's bytes, for bodies that hold them
+///   ([`PeekBody`]: kafka-tower's `RecordBody`, `Bytes`, `String`,
+///   `Vec<u8>`). A Kafka payload is shared, not copied.
+/// * A closure `Fn(&http::Request<B>) -> Option<Bytes>`, for anything else
+///   (a header, a body type of your own).
+///
+/// ```
+/// use kafka_tower_audit::{Auditor, BodyPayload, MemorySink};
+///
+/// let auditor = Auditor::builder().sink(MemorySink::new()).mask("/card/number").build()?;
+/// let layer = auditor.layer().capture_payload(BodyPayload);
+/// # let _ = layer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// Chooses the bytes of a request to capture as its payload.
 pub trait CapturePayload<B> {
     /// The payload of `req`, or `None` to capture nothing.

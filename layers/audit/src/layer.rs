@@ -56,7 +56,7 @@ impl AuditLayer<NoPayload> {
 }
 
 impl<P> AuditLayer<P> {
-    /// Captures payloads with `capture` (see [`crate::capture`]).
+    /// Captures payloads with `capture` (see [`CapturePayload`](crate::CapturePayload)).
     pub fn capture_payload<Q>(self, capture: Q) -> AuditLayer<Q> {
         AuditLayer {
             auditor: self.auditor,

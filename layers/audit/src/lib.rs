@@ -37,7 +37,7 @@
 //! the audit layer sees its refusal in the response — and
 //! [`Auditor::caller_layer`] *inside* the authentication layer, to report
 //! the [`kafka_tower::Caller`] it establishes back to the record
-//! ([`caller`]).
+//! ([`AuditCaller`]).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -135,22 +135,22 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod auditor;
-pub mod caller;
-pub mod capture;
+mod auditor;
+mod caller;
+mod capture;
 pub mod chain;
 pub mod future;
 #[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod layer;
+mod kafka;
+mod layer;
 pub mod mask;
-pub mod record;
-pub mod sink;
+mod record;
+mod sink;
 
 pub use auditor::{AuditClosed, AuditError, Auditor, AuditorBuilder, QueueFullPolicy};
 pub use caller::{AuditCaller, AuditCallerLayer};
 pub use capture::{BodyPayload, CapturePayload, NoPayload, PeekBody};
-pub use future::{AuditBody, ResponseFuture};
+
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaSink;
 pub use layer::{Audit, AuditLayer};

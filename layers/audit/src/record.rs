@@ -1,20 +1,4 @@
-//! [`AuditRecord`]: what the audit trail keeps of one handled request, and
-//! the [`Outcome`] and [`KeyMode`] vocabulary it uses.
-//!
-//! One record is written per call of the audited service, whether the
-//! request is a Kafka record (topic, partition, offset, key, attempt from
-//! [`kafka_tower::RecordMeta`]) or an HTTP request (method and path). It
-//! serialises to one line of JSON; fields that do not apply are left out.
-//!
-//! ```
-//! use kafka_tower_audit::{AuditRecord, Outcome};
-//!
-//! let line = r#"{"timestamp":"2024-05-01T12:00:00.000000Z","service_id":"orders","topic":"orders","partition":0,"offset":7,"outcome":"ok","status":200,"latency_us":120}"#;
-//! let record: AuditRecord = serde_json::from_str(line).unwrap();
-//! assert_eq!(record.outcome, Outcome::Ok);
-//! assert_eq!(record.stream(), "orders/0");
-//! assert_eq!(record.to_json_line(), line);
-//! ```
+//! See [`AuditRecord`].
 
 use http::StatusCode;
 use kafka_tower::outcome::ErrorClass;
@@ -27,22 +11,6 @@ pub use kafka_tower::outcome::Outcome;
 pub(crate) fn error_class_of(status: StatusCode) -> Option<&'static str> {
     ErrorClass::of_status(status).map(ErrorClass::as_str)
 }
-
-/// `error_class` of a non-retryable, non-`2xx` status.
-#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Permanent.as_str()`")]
-pub const ERROR_PERMANENT: &str = ErrorClass::Permanent.as_str();
-/// `error_class` of a `408`, `429` or `5xx` status.
-#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::RetryableStatus.as_str()`")]
-pub const ERROR_RETRYABLE_STATUS: &str = ErrorClass::RetryableStatus.as_str();
-/// `error_class` of an `Err` returned by the service.
-#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::ServiceError.as_str()`")]
-pub const ERROR_SERVICE: &str = ErrorClass::ServiceError.as_str();
-/// `error_class` of a call whose future panicked.
-#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Panic.as_str()`")]
-pub const ERROR_PANIC: &str = ErrorClass::Panic.as_str();
-/// `error_class` of a call whose future was dropped before it finished.
-#[deprecated(note = "use `kafka_tower::outcome::ErrorClass::Cancelled.as_str()`")]
-pub const ERROR_CANCELLED: &str = ErrorClass::Cancelled.as_str();
 
 /// How the record key appears in the audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +41,25 @@ pub struct ChainLink {
     pub hash: String,
 }
 
-/// One audit record. See the [module docs](self) and the crate docs for
+/// [`AuditRecord`]: what the audit trail keeps of one handled request, and
+/// the [`Outcome`] and [`KeyMode`] vocabulary it uses.
+///
+/// One record is written per call of the audited service, whether the
+/// request is a Kafka record (topic, partition, offset, key, attempt from
+/// [`kafka_tower::RecordMeta`]) or an HTTP request (method and path). It
+/// serialises to one line of JSON; fields that do not apply are left out.
+///
+/// ```
+/// use kafka_tower_audit::{AuditRecord, Outcome};
+///
+/// let line = r#"{"timestamp":"2024-05-01T12:00:00.000000Z","service_id":"orders","topic":"orders","partition":0,"offset":7,"outcome":"ok","status":200,"latency_us":120}"#;
+/// let record: AuditRecord = serde_json::from_str(line).unwrap();
+/// assert_eq!(record.outcome, Outcome::Ok);
+/// assert_eq!(record.stream(), "orders/0");
+/// assert_eq!(record.to_json_line(), line);
+/// ```
+///
+/// One audit record. See above and the crate docs for
 /// where each field comes from.
 ///
 /// Optional fields are absent from the JSON when `None`.

@@ -1,32 +1,4 @@
-//! Where audit records go: the [`AuditSink`] trait and the built-in
-//! [`TracingSink`], [`FileSink`], [`MemorySink`] and [`NullSink`]
-//! (and, with feature `kafka`, [`KafkaSink`](crate::KafkaSink)).
-//!
-//! Sinks run on the auditor's writer thread, never on the request path:
-//! each receives batches of records in queue order, and may take its time
-//! (the queue in front of it absorbs bursts; see
-//! [`QueueFullPolicy`](crate::QueueFullPolicy)). A custom sink implements
-//! one method:
-//!
-//! ```
-//! use kafka_tower_audit::{AuditRecord, AuditSink, SinkError, SinkFuture};
-//!
-//! /// Counts refusals per layer.
-//! #[derive(Default)]
-//! struct Refusals(std::sync::Mutex<std::collections::HashMap<String, u64>>);
-//!
-//! impl AuditSink for Refusals {
-//!     fn write<'a>(&'a self, batch: &'a [AuditRecord]) -> SinkFuture<'a> {
-//!         Box::pin(async move {
-//!             let mut counts = self.0.lock().map_err(|_| SinkError::new("poisoned"))?;
-//!             for r in batch.iter().filter_map(|r| r.refused_by.clone()) {
-//!                 *counts.entry(r).or_default() += 1;
-//!             }
-//!             Ok(())
-//!         })
-//!     }
-//! }
-//! ```
+//! See [`AuditSink`].
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -41,6 +13,36 @@ use crate::record::AuditRecord;
 /// The future of [`AuditSink::write`].
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
+/// Where audit records go: the [`AuditSink`] trait and the built-in
+/// [`TracingSink`], [`FileSink`], [`MemorySink`] and [`NullSink`]
+/// (and, with feature `kafka`, [`KafkaSink`](crate::KafkaSink)).
+///
+/// Sinks run on the auditor's writer thread, never on the request path:
+/// each receives batches of records in queue order, and may take its time
+/// (the queue in front of it absorbs bursts; see
+/// [`QueueFullPolicy`](crate::QueueFullPolicy)). A custom sink implements
+/// one method:
+///
+/// ```
+/// use kafka_tower_audit::{AuditRecord, AuditSink, SinkError, SinkFuture};
+///
+/// /// Counts refusals per layer.
+/// #[derive(Default)]
+/// struct Refusals(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+///
+/// impl AuditSink for Refusals {
+///     fn write<'a>(&'a self, batch: &'a [AuditRecord]) -> SinkFuture<'a> {
+///         Box::pin(async move {
+///             let mut counts = self.0.lock().map_err(|_| SinkError::new("poisoned"))?;
+///             for r in batch.iter().filter_map(|r| r.refused_by.clone()) {
+///                 *counts.entry(r).or_default() += 1;
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+///
 /// A destination of audit records.
 ///
 /// `write` is called on the auditor's writer thread (inside a Tokio

@@ -1,21 +1,4 @@
-//! What a verified token says about the caller: [`VerifiedClaims`], put in
-//! the request extensions for handlers, metrics and audit; [`Anonymous`]
-//! when a topic lets a request without token through; and [`ClaimNames`],
-//! which claims name the client and the calling service.
-//!
-//! ```
-//! use kafka_tower_jwt::{Anonymous, VerifiedClaims};
-//!
-//! fn who<B>(req: &http::Request<B>) -> String {
-//!     if let Some(c) = req.extensions().get::<VerifiedClaims>() {
-//!         format!("{} via {}", c.subject().unwrap_or("?"), c.client_id().unwrap_or("?"))
-//!     } else if req.extensions().get::<Anonymous>().is_some() {
-//!         "anonymous".to_owned()
-//!     } else {
-//!         unreachable!("the layer either verified, let through anonymous, or refused")
-//!     }
-//! }
-//! ```
+//! See [`VerifiedClaims`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +7,25 @@ use serde_json::Value;
 
 use crate::algorithm::Algorithm;
 
+/// What a verified token says about the caller: [`VerifiedClaims`], put in
+/// the request extensions for handlers, metrics and audit; [`Anonymous`]
+/// when a topic lets a request without token through; and [`ClaimNames`],
+/// which claims name the client and the calling service.
+///
+/// ```
+/// use kafka_tower_jwt::{Anonymous, VerifiedClaims};
+///
+/// fn who<B>(req: &http::Request<B>) -> String {
+///     if let Some(c) = req.extensions().get::<VerifiedClaims>() {
+///         format!("{} via {}", c.subject().unwrap_or("?"), c.client_id().unwrap_or("?"))
+///     } else if req.extensions().get::<Anonymous>().is_some() {
+///         "anonymous".to_owned()
+///     } else {
+///         unreachable!("the layer either verified, let through anonymous, or refused")
+///     }
+/// }
+/// ```
+///
 /// The claims of a verified token. Cheap to clone (shared). Inserted in the
 /// request extensions by [`Jwt`](crate::Jwt); in axum, extract it with
 /// `Extension<VerifiedClaims>`.

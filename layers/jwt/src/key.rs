@@ -1,24 +1,4 @@
-//! Verification keys: [`VerificationKey`] from a secret, PEM or DER, and
-//! [`Jwks`] documents (RFC 7517).
-//!
-//! Each key carries the algorithms it may verify. That list — never the
-//! token's `alg` header — decides what the layer accepts, which is what
-//! defeats algorithm confusion (an `HS256` token "signed" with an RSA public
-//! key as HMAC secret) and `alg: none`.
-//!
-//! ```
-//! use kafka_tower_jwt::{Algorithm, Jwks, VerificationKey};
-//!
-//! let hmac = VerificationKey::hmac(b"a-long-shared-secret-of-32-bytes", Algorithm::HS256)?
-//!     .with_kid("shared-1");
-//! assert_eq!(hmac.algorithms(), &[Algorithm::HS256]);
-//!
-//! let jwks = Jwks::from_json(br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed-1",
-//!     "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#)?;
-//! assert_eq!(jwks.keys()[0].kid(), Some("ed-1"));
-//! assert_eq!(jwks.keys()[0].algorithms(), &[Algorithm::EdDSA]);
-//! # Ok::<(), kafka_tower_jwt::KeyError>(())
-//! ```
+//! See [`VerificationKey`].
 
 use std::fmt;
 use std::path::Path;
@@ -29,6 +9,28 @@ use jsonwebtoken::DecodingKey;
 
 use crate::algorithm::{Algorithm, Family};
 
+/// Verification keys: [`VerificationKey`] from a secret, PEM or DER, and
+/// [`Jwks`] documents (RFC 7517).
+///
+/// Each key carries the algorithms it may verify. That list — never the
+/// token's `alg` header — decides what the layer accepts, which is what
+/// defeats algorithm confusion (an `HS256` token "signed" with an RSA public
+/// key as HMAC secret) and `alg: none`.
+///
+/// ```
+/// use kafka_tower_jwt::{Algorithm, Jwks, VerificationKey};
+///
+/// let hmac = VerificationKey::hmac(b"a-long-shared-secret-of-32-bytes", Algorithm::HS256)?
+///     .with_kid("shared-1");
+/// assert_eq!(hmac.algorithms(), &[Algorithm::HS256]);
+///
+/// let jwks = Jwks::from_json(br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed-1",
+///     "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#)?;
+/// assert_eq!(jwks.keys()[0].kid(), Some("ed-1"));
+/// assert_eq!(jwks.keys()[0].algorithms(), &[Algorithm::EdDSA]);
+/// # Ok::<(), kafka_tower_jwt::KeyError>(())
+/// ```
+///
 /// A key that verifies token signatures, with the algorithms it accepts and
 /// an optional key id (`kid`).
 #[derive(Clone)]

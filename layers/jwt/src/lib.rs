@@ -27,7 +27,7 @@
 //!   expire meanwhile. Each topic picks an [`ExpiryMode`]: strict, a grace
 //!   period, "valid when the record was produced" (bounded by a maximum
 //!   record age), or — explicitly, logged once — no expiry check. HTTP
-//!   requests are always strict. See [`policy`].
+//!   requests are always strict. See [`TopicPolicy`].
 //! * **Refusals, not errors.** A refused request never reaches the inner
 //!   service; the response (body [`RefusalBody`]) carries
 //!   `{"layer":"jwt","reason":"expired","detail":"…"}`, a `Refusal` and the
@@ -137,14 +137,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod algorithm;
-pub mod claims;
+mod algorithm;
+mod claims;
 pub mod future;
-pub mod key;
-pub mod layer;
-pub mod policy;
-pub mod reason;
-pub mod service;
+mod key;
+mod layer;
+mod policy;
+mod reason;
+mod service;
 
 mod cache;
 #[cfg(feature = "jwks-http")]
@@ -154,7 +154,7 @@ mod verify;
 
 pub use algorithm::Algorithm;
 pub use claims::{Anonymous, ClaimNames, VerifiedClaims};
-pub use future::ResponseFuture;
+
 pub use kafka_tower::refusal::RefusalBody;
 pub use key::{Jwks, KeyError, VerificationKey};
 pub use layer::{ConfigError, JwtLayer, JwtLayerBuilder, LAYER_NAME};

@@ -1,46 +1,10 @@
-//! Per-topic policy: [`TopicPolicy`] and the queue-aware [`ExpiryMode`].
-//!
-//! A record can wait in a topic long after the token it carries expired.
-//! Strict expiry would dead-letter every record of a consumer that fell
-//! behind; skipping expiry would accept a stolen token forever. The modes
-//! in between:
-//!
-//! | mode | accepts a token when | fits |
-//! |---|---|---|
-//! | [`ExpiryMode::Strict`] | `now ≤ exp + leeway` | HTTP routes (always), latency-critical topics |
-//! | [`ExpiryMode::Grace`]`(G)` | `now ≤ exp + leeway + G` | topics with a known, bounded lag |
-//! | [`ExpiryMode::RecordTimestamp`]`{ max_age }` | the token was valid when the record was written: `ts ≤ exp + leeway` and `nbf ≤ ts + leeway`, where `ts` is the record timestamp (capped at now), **and** the record is at most `max_age` old | event topics; the default choice for queues |
-//! | [`ExpiryMode::Skip`] | always (only signature, issuer, audience, scopes) | explicit opt-in; logged once when the layer is built |
-//!
-//! Queue-aware modes only apply to requests that carry a
-//! [`kafka_tower::RecordMeta`]; an HTTP request without one is judged
-//! strictly whatever its route.
-//!
-//! **Trusting the record timestamp.** With `CreateTime` (Kafka's default)
-//! the timestamp is set by the producer, so a producer holding an expired
-//! token could back-date its records; `max_age` bounds that to "a token
-//! expired at most `max_age` ago". Topics configured with
-//! `message.timestamp.type=LogAppendTime` get a broker-assigned timestamp
-//! that producers cannot choose — prefer them for `RecordTimestamp`. A record
-//! without a timestamp is judged strictly.
-//!
-//! ```
-//! use std::time::Duration;
-//! use kafka_tower_jwt::{ExpiryMode, TopicPolicy};
-//!
-//! let orders = TopicPolicy::new()
-//!     .expiry(ExpiryMode::RecordTimestamp { max_age: Duration::from_secs(24 * 3600) })
-//!     .require_scope("orders.w");
-//! assert!(!orders.allows_anonymous());
-//! let public = TopicPolicy::new().allow_anonymous();
-//! assert!(public.allows_anonymous());
-//! ```
+//! See [`TopicPolicy`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a topic judges a token's `exp` (and `nbf`). See the [module
-/// docs](self) for the trade-offs.
+/// How a topic judges a token's `exp` (and `nbf`). See [`TopicPolicy`]
+/// for the trade-offs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpiryMode {
     /// The token must be valid now (± leeway). The default, and always the
@@ -60,6 +24,44 @@ pub enum ExpiryMode {
     Skip,
 }
 
+/// Per-topic policy: [`TopicPolicy`] and the queue-aware [`ExpiryMode`].
+///
+/// A record can wait in a topic long after the token it carries expired.
+/// Strict expiry would dead-letter every record of a consumer that fell
+/// behind; skipping expiry would accept a stolen token forever. The modes
+/// in between:
+///
+/// | mode | accepts a token when | fits |
+/// |---|---|---|
+/// | [`ExpiryMode::Strict`] | `now ≤ exp + leeway` | HTTP routes (always), latency-critical topics |
+/// | [`ExpiryMode::Grace`]`(G)` | `now ≤ exp + leeway + G` | topics with a known, bounded lag |
+/// | [`ExpiryMode::RecordTimestamp`]`{ max_age }` | the token was valid when the record was written: `ts ≤ exp + leeway` and `nbf ≤ ts + leeway`, where `ts` is the record timestamp (capped at now), **and** the record is at most `max_age` old | event topics; the default choice for queues |
+/// | [`ExpiryMode::Skip`] | always (only signature, issuer, audience, scopes) | explicit opt-in; logged once when the layer is built |
+///
+/// Queue-aware modes only apply to requests that carry a
+/// [`kafka_tower::RecordMeta`]; an HTTP request without one is judged
+/// strictly whatever its route.
+///
+/// **Trusting the record timestamp.** With `CreateTime` (Kafka's default)
+/// the timestamp is set by the producer, so a producer holding an expired
+/// token could back-date its records; `max_age` bounds that to "a token
+/// expired at most `max_age` ago". Topics configured with
+/// `message.timestamp.type=LogAppendTime` get a broker-assigned timestamp
+/// that producers cannot choose — prefer them for `RecordTimestamp`. A record
+/// without a timestamp is judged strictly.
+///
+/// ```
+/// use std::time::Duration;
+/// use kafka_tower_jwt::{ExpiryMode, TopicPolicy};
+///
+/// let orders = TopicPolicy::new()
+///     .expiry(ExpiryMode::RecordTimestamp { max_age: Duration::from_secs(24 * 3600) })
+///     .require_scope("orders.w");
+/// assert!(!orders.allows_anonymous());
+/// let public = TopicPolicy::new().allow_anonymous();
+/// assert!(public.allows_anonymous());
+/// ```
+///
 /// What one topic (or HTTP route, by its first path segment) requires.
 #[derive(Debug, Clone, Default)]
 pub struct TopicPolicy {

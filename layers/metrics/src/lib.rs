@@ -106,14 +106,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod endpoint;
-pub mod labels;
-pub mod outcome;
-pub mod producer;
-pub mod registry;
+mod endpoint;
+mod labels;
+mod outcome;
+mod producer;
+mod registry;
 #[cfg(feature = "runtime")]
 pub mod runtime;
-pub mod service;
+mod service;
 
 pub use endpoint::{render, MetricsEndpoint, TEXT_CONTENT_TYPE};
 pub use labels::{LabelLimit, OTHER};

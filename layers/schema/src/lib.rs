@@ -92,13 +92,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod future;
-pub mod layer;
-pub mod service;
-pub mod violation;
+mod layer;
+mod service;
+mod violation;
 
 mod retriever;
 
-pub use future::ResponseFuture;
 pub use kafka_tower::refusal::RefusalBody;
 pub use layer::{JsonSchemaLayer, JsonSchemaLayerBuilder, SchemaConfigError, LAYER_NAME};
 pub use service::JsonSchema;

@@ -111,15 +111,15 @@
 //!
 //! `opentelemetry`, `opentelemetry_sdk` and `opentelemetry-otlp` 0.33 with
 //! `tracing-opentelemetry` 0.34, the matching set. The Jaeger and B3
-//! propagators are implemented in [`propagation`].
+//! propagators are implemented in [`Propagation`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod layer;
+mod layer;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-pub mod producer;
-pub mod propagation;
+mod producer;
+mod propagation;
 
 pub use layer::{ParentMode, ResponseFuture, Trace, TraceLayer};
 pub use producer::{ProducerFuture, TraceProducer, TraceProducerLayer};

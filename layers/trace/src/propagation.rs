@@ -1,22 +1,4 @@
-//! [`Propagation`]: which headers carry the trace context, through
-//! OpenTelemetry's propagator API — W3C `traceparent` / `tracestate` and
-//! `baggage` by default, Jaeger (`uber-trace-id`) or B3 on request.
-//!
-//! The Jaeger and B3 propagators are implemented here against the
-//! `opentelemetry` 0.33 `TextMapPropagator` trait, because the upstream
-//! crates lag a release behind and would bring a second `opentelemetry`
-//! into the build.
-//!
-//! ```
-//! use kafka_tower_trace::Propagation;
-//! use opentelemetry::propagation::TextMapPropagator;
-//!
-//! let mut headers = http::HeaderMap::new();
-//! headers.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
-//! let cx = Propagation::b3().extract(&headers);
-//! use opentelemetry::trace::TraceContextExt;
-//! assert_eq!(cx.span().span_context().trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
-//! ```
+//! See [`Propagation`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +11,26 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+/// [`Propagation`]: which headers carry the trace context, through
+/// OpenTelemetry's propagator API — W3C `traceparent` / `tracestate` and
+/// `baggage` by default, Jaeger (`uber-trace-id`) or B3 on request.
+///
+/// The Jaeger and B3 propagators are implemented here against the
+/// `opentelemetry` 0.33 `TextMapPropagator` trait, because the upstream
+/// crates lag a release behind and would bring a second `opentelemetry`
+/// into the build.
+///
+/// ```
+/// use kafka_tower_trace::Propagation;
+/// use opentelemetry::propagation::TextMapPropagator;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+/// let cx = Propagation::b3().extract(&headers);
+/// use opentelemetry::trace::TraceContextExt;
+/// assert_eq!(cx.span().span_context().trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+/// ```
+///
 /// The propagator a layer uses to read and write the trace context.
 /// Cheap to clone.
 #[derive(Clone)]

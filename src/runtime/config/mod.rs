@@ -1,63 +1,4 @@
-//! Consumer configuration: in code ([`ConsumerBuilder`](super::ConsumerBuilder))
-//! or from a YAML / TOML file with environment overrides.
-//!
-//! ```yaml
-//! # consumer.yml
-//! group_id: orders-service
-//! topics: [orders, payments]
-//! service_id: orders-service
-//! max_in_flight: 64
-//! buffer_per_partition: 256   # key mode: look-ahead per partition
-//! pause_after: 500ms         # pause a partition whose lane is stuck this long
-//! ordering: partition        # or: key
-//! commit_interval: 1s
-//! drain_timeout: 30s
-//! retry:
-//!   max_attempts: 4          # first delivery included
-//!   initial_backoff: 200ms
-//!   max_backoff: 30s
-//!   multiplier: 2.0
-//!   hold: 5m                 # a downstream outage holds the partition, 0s: off
-//! dead_letter:
-//!   enabled: true
-//!   suffix: .dlq             # orders -> orders.dlq
-//! batch:                     # Consumer::serve_batches only
-//!   max_batch: 500           # records per call at most
-//!   max_delay: 0s            # wait for more once a batch has one
-//! properties:                # passed to librdkafka as they are
-//!   bootstrap.servers: 127.0.0.1:9092
-//!   auto.offset.reset: earliest
-//! ```
-//!
-//! Every field of the file can be overridden by an environment variable
-//! `KAFKA_TOWER_<FIELD>`, nested fields joined with `__`:
-//! `KAFKA_TOWER_GROUP_ID`, `KAFKA_TOWER_RETRY__MAX_ATTEMPTS`,
-//! `KAFKA_TOWER_TOPICS=orders,payments` (comma-separated), and librdkafka
-//! properties as `KAFKA_TOWER_PROPERTIES__BOOTSTRAP_SERVERS` (lower-cased,
-//! `_` becomes `.`). An unknown field, in the file or in a variable, is an
-//! error naming it.
-//!
-//! The namespace rule: `KAFKA_TOWER_PRODUCER_*` variables belong to the
-//! producer's loader ([`ProducerConfig`](crate::runtime::ProducerConfig)) and are never read as consumer
-//! overrides, nor consumer variables as producer ones; the variables of the
-//! project's own tooling, listed in [`TOOLING_ENV_VARS`] (e.g.
-//! `KAFKA_TOWER_BROKER_DIR`, read by `scripts/kafka.sh`), are ignored by
-//! both; every other `KAFKA_TOWER_*` variable is an override, and one that
-//! names no field fails.
-//!
-//! ```
-//! use kafka_tower::runtime::ConsumerConfig;
-//!
-//! let yaml = "group_id: g\ntopics: [orders]\nproperties:\n  bootstrap.servers: 127.0.0.1:9092\n";
-//! let env = [("KAFKA_TOWER_RETRY__MAX_ATTEMPTS", "7")];
-//! let config = ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).unwrap();
-//! assert_eq!(config.retry.max_attempts, 7);
-//!
-//! let no_env: [(&str, &str); 0] = [];
-//! let err = ConsumerConfig::from_yaml_str("group_id: g\ntopics: [t]\nmax_inflight: 3\n", "consumer.yml", no_env).unwrap_err();
-//! assert!(err.to_string().contains("max_inflight"));
-//! assert!(err.to_string().contains("consumer.yml"));
-//! ```
+//! See [`ConsumerConfig`].
 
 use std::fmt;
 use std::path::Path;
@@ -335,7 +276,68 @@ impl ContextSettings {
     }
 }
 
-/// Everything the consumer runtime needs. See the [module docs](self).
+/// Consumer configuration: in code ([`ConsumerBuilder`](super::ConsumerBuilder))
+/// or from a YAML / TOML file with environment overrides.
+///
+/// ```yaml
+/// # consumer.yml
+/// group_id: orders-service
+/// topics: [orders, payments]
+/// service_id: orders-service
+/// max_in_flight: 64
+/// buffer_per_partition: 256   # key mode: look-ahead per partition
+/// pause_after: 500ms         # pause a partition whose lane is stuck this long
+/// ordering: partition        # or: key
+/// commit_interval: 1s
+/// drain_timeout: 30s
+/// retry:
+///   max_attempts: 4          # first delivery included
+///   initial_backoff: 200ms
+///   max_backoff: 30s
+///   multiplier: 2.0
+///   hold: 5m                 # a downstream outage holds the partition, 0s: off
+/// dead_letter:
+///   enabled: true
+///   suffix: .dlq             # orders -> orders.dlq
+/// batch:                     # Consumer::serve_batches only
+///   max_batch: 500           # records per call at most
+///   max_delay: 0s            # wait for more once a batch has one
+/// properties:                # passed to librdkafka as they are
+///   bootstrap.servers: 127.0.0.1:9092
+///   auto.offset.reset: earliest
+/// ```
+///
+/// Every field of the file can be overridden by an environment variable
+/// `KAFKA_TOWER_<FIELD>`, nested fields joined with `__`:
+/// `KAFKA_TOWER_GROUP_ID`, `KAFKA_TOWER_RETRY__MAX_ATTEMPTS`,
+/// `KAFKA_TOWER_TOPICS=orders,payments` (comma-separated), and librdkafka
+/// properties as `KAFKA_TOWER_PROPERTIES__BOOTSTRAP_SERVERS` (lower-cased,
+/// `_` becomes `.`). An unknown field, in the file or in a variable, is an
+/// error naming it.
+///
+/// The namespace rule: `KAFKA_TOWER_PRODUCER_*` variables belong to the
+/// producer's loader ([`ProducerConfig`](crate::runtime::ProducerConfig)) and are never read as consumer
+/// overrides, nor consumer variables as producer ones; the variables of the
+/// project's own tooling, listed in [`TOOLING_ENV_VARS`] (e.g.
+/// `KAFKA_TOWER_BROKER_DIR`, read by `scripts/kafka.sh`), are ignored by
+/// both; every other `KAFKA_TOWER_*` variable is an override, and one that
+/// names no field fails.
+///
+/// ```
+/// use kafka_tower::runtime::ConsumerConfig;
+///
+/// let yaml = "group_id: g\ntopics: [orders]\nproperties:\n  bootstrap.servers: 127.0.0.1:9092\n";
+/// let env = [("KAFKA_TOWER_RETRY__MAX_ATTEMPTS", "7")];
+/// let config = ConsumerConfig::from_yaml_str(yaml, "consumer.yml", env).unwrap();
+/// assert_eq!(config.retry.max_attempts, 7);
+///
+/// let no_env: [(&str, &str); 0] = [];
+/// let err = ConsumerConfig::from_yaml_str("group_id: g\ntopics: [t]\nmax_inflight: 3\n", "consumer.yml", no_env).unwrap_err();
+/// assert!(err.to_string().contains("max_inflight"));
+/// assert!(err.to_string().contains("consumer.yml"));
+/// ```
+///
+/// Everything the consumer runtime needs.
 ///
 /// Its `Debug` output redacts secrets (any property whose name mentions
 /// `password`, `secret`, `key` or `token`).

@@ -1,38 +1,4 @@
-//! [`Producer`]: producing is a `tower::Service` over `http::Request` too.
-//!
-//! The request's path names the topic (`/<topic>`), the body is the
-//! payload (`DELETE` with an empty body produces a tombstone), headers become
-//! record headers — the [`RawHeaders`](crate::RawHeaders) extension wins where
-//! present, so a forwarded record is byte-exact — and the key, partition and
-//! timestamp come from an [`OutgoingRecord`] or [`RecordMeta`](crate::RecordMeta)
-//! extension (see [`OutgoingRecord::from_parts`]). The response — sent once
-//! the broker acknowledged the record — is `201 Created` with the
-//! [`Delivery`] (topic, partition, offset) in its extensions and in the
-//! `kafka-partition` / `kafka-offset` headers; its body is empty. An
-//! `http::Response` keeps every tower-http layer applicable.
-//!
-//! Because it is a `Service`, tower layers apply to producing unchanged:
-//! timeouts, retries, rate limits, `SetRequestHeader`, and
-//! [`InjectContextLayer`](crate::context::InjectContextLayer), which puts the
-//! caller's JWT, correlation id and trace context into the record headers.
-//!
-//! ```no_run
-//! use kafka_tower::context::InjectContextLayer;
-//! use kafka_tower::runtime::{Producer, ProducerConfig};
-//! use tower::{Layer, ServiceExt};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092"))?;
-//! let producer = InjectContextLayer::new().layer(producer);
-//! let req = http::Request::post("/orders")
-//!     .header("content-type", "application/json")
-//!     .extension(kafka_tower::OutgoingRecord { key: Some("order-7".into()), ..Default::default() })
-//!     .body(String::from(r#"{"total":10}"#))?;
-//! let res = producer.oneshot(req).await?;
-//! let delivery = res.extensions().get::<kafka_tower::runtime::Delivery>().unwrap();
-//! println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
-//! # Ok(()) }
-//! ```
+//! See [`Producer`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -160,8 +126,44 @@ impl From<MappingError> for ProduceError {
     }
 }
 
+/// [`Producer`]: producing is a `tower::Service` over `http::Request` too.
+///
+/// The request's path names the topic (`/<topic>`), the body is the
+/// payload (`DELETE` with an empty body produces a tombstone), headers become
+/// record headers — the [`RawHeaders`](crate::RawHeaders) extension wins where
+/// present, so a forwarded record is byte-exact — and the key, partition and
+/// timestamp come from an [`OutgoingRecord`] or [`RecordMeta`](crate::RecordMeta)
+/// extension (see [`OutgoingRecord::from_parts`]). The response — sent once
+/// the broker acknowledged the record — is `201 Created` with the
+/// [`Delivery`] (topic, partition, offset) in its extensions and in the
+/// `kafka-partition` / `kafka-offset` headers; its body is empty. An
+/// `http::Response` keeps every tower-http layer applicable.
+///
+/// Because it is a `Service`, tower layers apply to producing unchanged:
+/// timeouts, retries, rate limits, `SetRequestHeader`, and
+/// [`InjectContextLayer`](crate::context::InjectContextLayer), which puts the
+/// caller's JWT, correlation id and trace context into the record headers.
+///
+/// ```no_run
+/// use kafka_tower::context::InjectContextLayer;
+/// use kafka_tower::runtime::{Producer, ProducerConfig};
+/// use tower::{Layer, ServiceExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092"))?;
+/// let producer = InjectContextLayer::new().layer(producer);
+/// let req = http::Request::post("/orders")
+///     .header("content-type", "application/json")
+///     .extension(kafka_tower::OutgoingRecord { key: Some("order-7".into()), ..Default::default() })
+///     .body(String::from(r#"{"total":10}"#))?;
+/// let res = producer.oneshot(req).await?;
+/// let delivery = res.extensions().get::<kafka_tower::runtime::Delivery>().unwrap();
+/// println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
+/// # Ok(()) }
+/// ```
+///
 /// Produces records; a cheap-to-clone handle (the librdkafka producer is
-/// shared). See the [module docs](self).
+/// shared). See above.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,

@@ -1,7 +1,7 @@
 //! Operating dead letters: read them as typed [`DeadLetter`]s and
 //! [`Redrive`] them to their original topic, exactly once.
 //!
-//! A dead letter (see [`dead_letter`](super::dead_letter)) is the original
+//! A dead letter (see [`dead_letter`](crate::runtime::dead_letter)) is the original
 //! record — key, payload, headers byte for byte — followed by `kt-dlq-*`
 //! provenance headers. [`DeadLetter::from_record`] splits the two again.
 //!
@@ -68,11 +68,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::config::Properties;
-use super::dead_letter::HEADER_PREFIX;
-use super::native::to_consumed_record;
-use super::producer::ProducerConfig;
-use super::transactions::{TransactionError, TransactionalProducer};
+use crate::runtime::dead_letter::HEADER_PREFIX;
+use crate::runtime::native::to_consumed_record;
+use crate::runtime::{ProducerConfig, Properties, TransactionError, TransactionalProducer};
 use crate::{ConsumedRecord, OutgoingRecord, RawHeader, RawHeaders};
 
 /// The prefix of the headers a redrive adds.
@@ -840,7 +838,7 @@ impl Redrive {
         } else {
             let mut config = ProducerConfig::default();
             for (k, v) in &self.properties {
-                if super::dead_letter::is_connection_property(k) {
+                if crate::runtime::dead_letter::is_connection_property(k) {
                     config.properties.insert(k.clone(), v.clone());
                 }
             }
