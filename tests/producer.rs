@@ -445,7 +445,7 @@ async fn a_transactional_queue_commits_records_of_many_tasks_together() {
     let mut config = ProducerConfig::new(bootstrap());
     config.transactional_id = Some(unique("txq"));
     let p = TransactionalProducer::new(config).await.unwrap();
-    let (queue, _task) = TransactionalQueue::spawn(p, 50, Duration::from_millis(20), 1000);
+    let (queue, task) = TransactionalQueue::spawn(p, 50, Duration::from_millis(20), 1000);
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let q = queue.clone();
@@ -484,6 +484,19 @@ async fn a_transactional_queue_commits_records_of_many_tasks_together() {
         "{bad}"
     );
     assert_eq!(read_all(&topic, "read_committed").await.len(), 200);
+
+    // A queue whose task ended is closed, not fenced.
+    task.abort();
+    let _ = task.await;
+    let closed = queue
+        .send(OutgoingRecord {
+            topic: topic.clone(),
+            payload: Some(Bytes::from_static(b"late")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(closed, TransactionError::Closed), "{closed}");
 }
 
 #[allow(dead_code)]

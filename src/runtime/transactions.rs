@@ -48,6 +48,9 @@ pub enum TransactionError {
     TimedOut(String),
     /// The cluster refused the producer's credentials or TLS handshake.
     Refused(ClusterRefused),
+    /// A [`TransactionalQueue`] whose task has ended (its runtime shut
+    /// down, or the task was dropped): nothing more is sent.
+    Closed,
 }
 
 impl fmt::Display for TransactionError {
@@ -74,6 +77,7 @@ impl fmt::Display for TransactionError {
                 "the broker did not answer in time (call the same method again to resume): {m}"
             ),
             TransactionError::Refused(e) => write!(f, "{e}"),
+            TransactionError::Closed => write!(f, "the transactional queue is closed"),
         }
     }
 }
@@ -491,13 +495,15 @@ impl TransactionalQueue {
     /// Queues `record` and waits until its transaction committed.
     pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, TransactionError> {
         let (done, wait) = oneshot::channel();
-        let closed = || {
-            let why = self
-                .closed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            TransactionError::Fenced(why.unwrap_or_else(|| "the queue is closed".into()))
+        // Fenced if that is what closed it; otherwise its task ended.
+        let closed = || match self
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            Some(fenced) => TransactionError::Fenced(fenced),
+            None => TransactionError::Closed,
         };
         self.tx.send((record, done)).await.map_err(|_| closed())?;
         wait.await.map_err(|_| closed())?

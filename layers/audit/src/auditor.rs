@@ -372,6 +372,14 @@ pub struct Auditor {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// A handle from a borrowed one (an `Arc` clone), so that constructors take
+/// `Auditor` or `&Auditor` alike.
+impl From<&Auditor> for Auditor {
+    fn from(a: &Auditor) -> Self {
+        a.clone()
+    }
+}
+
 impl fmt::Debug for Auditor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Auditor")

@@ -46,10 +46,11 @@ impl<P: fmt::Debug> fmt::Debug for AuditLayer<P> {
 }
 
 impl AuditLayer<NoPayload> {
-    /// A layer auditing into `auditor`, capturing no payload.
-    pub fn new(auditor: Auditor) -> Self {
+    /// A layer auditing into `auditor` (an `Auditor` or a `&Auditor`),
+    /// capturing no payload.
+    pub fn new(auditor: impl Into<Auditor>) -> Self {
         AuditLayer {
-            auditor,
+            auditor: auditor.into(),
             capture: NoPayload,
         }
     }
@@ -99,9 +100,10 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Audit<S, P> {
 }
 
 impl<S> Audit<S, NoPayload> {
-    /// Wraps `inner`, auditing into `auditor`.
-    pub fn new(inner: S, auditor: &Auditor) -> Self {
-        auditor.layer().layer(inner)
+    /// Wraps `inner`, auditing into `auditor` (an `Auditor` or a
+    /// `&Auditor`).
+    pub fn new(inner: S, auditor: impl Into<Auditor>) -> Self {
+        AuditLayer::new(auditor).layer(inner)
     }
 }
 

@@ -59,17 +59,17 @@ impl<S> Layer<S> for JwtLayer {
 /// A configuration that cannot work: no key, a key or JWKS file that
 /// cannot be read, an invalid option. The message names the culprit.
 #[derive(Debug)]
-pub struct ConfigError {
+pub struct JwtConfigError {
     message: String,
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for JwtConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for JwtConfigError {}
 
 /// Builds a [`JwtLayer`]. See the configuration table in the [crate
 /// docs](crate).
@@ -138,7 +138,7 @@ impl JwtLayerBuilder {
     }
 
     /// Adds every key of a JWKS file, read by [`build`](Self::build) (an
-    /// unreadable or invalid file is a [`ConfigError`] naming it).
+    /// unreadable or invalid file is a [`JwtConfigError`] naming it).
     pub fn jwks_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.jwks_files.push(path.into());
         self
@@ -216,8 +216,8 @@ impl JwtLayerBuilder {
     /// Checks the configuration and builds the layer. With `jwks-http` URLs
     /// configured, it must be called within a Tokio runtime: it spawns the
     /// task that fetches and refreshes them.
-    pub fn build(self) -> Result<JwtLayer, ConfigError> {
-        let err = |message: String| ConfigError { message };
+    pub fn build(self) -> Result<JwtLayer, JwtConfigError> {
+        let err = |message: String| JwtConfigError { message };
         if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
             // Another crate enabled a second jsonwebtoken backend; pick ours.
             let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();

@@ -157,7 +157,11 @@ pub use claims::{Anonymous, ClaimNames, VerifiedClaims};
 
 pub use kafka_tower::refusal::RefusalBody;
 pub use key::{Jwks, KeyError, VerificationKey};
-pub use layer::{ConfigError, JwtLayer, JwtLayerBuilder, LAYER_NAME};
+pub use layer::{JwtConfigError, JwtLayer, JwtLayerBuilder, LAYER_NAME};
+
+/// The former name of [`JwtConfigError`].
+#[deprecated(note = "renamed `JwtConfigError`, after the crate's other `<Thing>Error`s")]
+pub type ConfigError = JwtConfigError;
 pub use policy::{ExpiryMode, TopicPolicy};
 pub use reason::Reason;
 pub use service::Jwt;

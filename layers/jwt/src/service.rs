@@ -30,9 +30,8 @@ impl<S> Jwt<S> {
         Jwt { inner, layer }
     }
 
-    /// The layer that wraps services in `Jwt`. `JwtLayer` is the whole
-    /// configuration, so this is the identity; it exists for symmetry with
-    /// tower-http's middleware.
+    /// The layer that wraps services in `Jwt`: `layer` itself.
+    #[deprecated(note = "the identity: use the `JwtLayer` directly")]
     pub fn layer(layer: JwtLayer) -> JwtLayer {
         layer
     }

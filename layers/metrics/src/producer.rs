@@ -32,6 +32,16 @@ pub struct ProducerMetricsLayer {
     pub(crate) metrics: Metrics,
 }
 
+impl ProducerMetricsLayer {
+    /// The layer counting a producer's sends into `metrics` (also
+    /// [`Metrics::producer_layer`]).
+    pub fn new(metrics: impl Into<Metrics>) -> Self {
+        ProducerMetricsLayer {
+            metrics: metrics.into(),
+        }
+    }
+}
+
 impl<S> Layer<S> for ProducerMetricsLayer {
     type Service = ProducerMetricsService<S>;
     fn layer(&self, inner: S) -> ProducerMetricsService<S> {
@@ -51,9 +61,13 @@ pub struct ProducerMetricsService<S> {
 }
 
 impl<S> ProducerMetricsService<S> {
-    /// Wraps `inner`, counting into `metrics`.
-    pub fn new(inner: S, metrics: Metrics) -> Self {
-        ProducerMetricsService { inner, metrics }
+    /// Wraps `inner`, counting into `metrics` (a `Metrics` or a
+    /// `&Metrics`).
+    pub fn new(inner: S, metrics: impl Into<Metrics>) -> Self {
+        ProducerMetricsService {
+            inner,
+            metrics: metrics.into(),
+        }
     }
     /// The inner service.
     pub fn get_ref(&self) -> &S {

@@ -239,6 +239,14 @@ pub(crate) struct Inner {
     pub(crate) producer_topics: LabelCache<ProducerHandles>,
 }
 
+/// A handle from a borrowed one (an `Arc` clone), so that constructors take
+/// `Metrics` or `&Metrics` alike.
+impl From<&Metrics> for Metrics {
+    fn from(m: &Metrics) -> Self {
+        m.clone()
+    }
+}
+
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")

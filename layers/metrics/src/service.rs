@@ -38,6 +38,15 @@ pub struct MetricsLayer {
     pub(crate) metrics: Metrics,
 }
 
+impl MetricsLayer {
+    /// The layer counting into `metrics` (also [`Metrics::layer`]).
+    pub fn new(metrics: impl Into<Metrics>) -> Self {
+        MetricsLayer {
+            metrics: metrics.into(),
+        }
+    }
+}
+
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> MetricsService<S> {
@@ -61,9 +70,13 @@ pub struct MetricsService<S> {
 }
 
 impl<S> MetricsService<S> {
-    /// Wraps `inner`, counting into `metrics`.
-    pub fn new(inner: S, metrics: Metrics) -> Self {
-        MetricsService { inner, metrics }
+    /// Wraps `inner`, counting into `metrics` (a `Metrics` or a
+    /// `&Metrics`).
+    pub fn new(inner: S, metrics: impl Into<Metrics>) -> Self {
+        MetricsService {
+            inner,
+            metrics: metrics.into(),
+        }
     }
     /// The inner service.
     pub fn get_ref(&self) -> &S {

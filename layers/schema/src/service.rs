@@ -31,9 +31,8 @@ impl<S> JsonSchema<S> {
         JsonSchema { inner, layer }
     }
 
-    /// The layer that wraps services in `JsonSchema`: the identity, since
-    /// `JsonSchemaLayer` is the whole configuration (for symmetry with
-    /// tower-http's middleware).
+    /// The layer that wraps services in `JsonSchema`: `layer` itself.
+    #[deprecated(note = "the identity: use the `JsonSchemaLayer` directly")]
     pub fn layer(layer: JsonSchemaLayer) -> JsonSchemaLayer {
         layer
     }
