@@ -43,7 +43,7 @@ use kafka_tower::runtime::bench_support::ServingPath;
 use kafka_tower::{BoxError, ConsumedRecord, RecordBody};
 use kafka_tower_audit::{AuditCallerLayer, AuditLayer, NoPayload};
 use kafka_tower_jwt::{Algorithm, JwtLayer, VerificationKey};
-use kafka_tower_metrics::MetricsLayer;
+use kafka_tower_metrics::ServiceMetricsLayer;
 use kafka_tower_schema::JsonSchemaLayer;
 use kafka_tower_trace::TraceLayer;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -343,7 +343,7 @@ type FullStack = ServiceBuilder<
         Stack<
             JsonSchemaLayer,
             Stack<
-                MetricsLayer,
+                ServiceMetricsLayer,
                 Stack<
                     AuditCallerLayer,
                     Stack<JwtLayer, Stack<AuditLayer<NoPayload>, Stack<TraceLayer, Identity>>>,

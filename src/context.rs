@@ -562,18 +562,7 @@ impl<S> CaptureContext<S> {
     pub fn new(inner: S) -> Self {
         CaptureContextLayer::new().layer(inner)
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::define_inner_service_accessors!();
 }
 
 /// Captures the context of `req` (validating record headers), generating a
@@ -705,18 +694,7 @@ impl<S> InjectContext<S> {
     pub fn new(inner: S) -> Self {
         InjectContextLayer::new().layer(inner)
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::define_inner_service_accessors!();
 }
 
 impl<S, B> Service<Request<B>> for InjectContext<S>

@@ -103,3 +103,31 @@ pub use runtime::{
 
 /// The boxed error type used where a service's own error is erased.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Defines `get_ref`, `get_mut` and `into_inner` on a middleware service
+/// `Foo<S, ..>` whose inner service `S` is the field `inner` (or the field
+/// named): the accessors every kafka-tower middleware has, as tower-http's
+/// do. Used inside `impl<S> Foo<S> { .. }`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! define_inner_service_accessors {
+    () => {
+        $crate::define_inner_service_accessors!(inner);
+    };
+    ($inner:ident) => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.$inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.$inner
+        }
+
+        /// Consumes `self`, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.$inner
+        }
+    };
+}

@@ -1139,3 +1139,24 @@ async fn client_creation_errors_name_the_property() {
     assert!(text.contains("ssl.key.location"), "{text}");
     assert!(!text.contains("hunter2"), "secret quoted: {text}");
 }
+
+#[test]
+fn a_configuration_error_stays_the_source_of_the_consumer_error() {
+    use std::error::Error as _;
+    let no_env: [(&str, &str); 0] = [];
+    let bad = kafka_tower::runtime::ConsumerConfig::from_yaml_str(
+        "group_id: g\ntopics: [t]\nretry:\n  max_attempts: many\n",
+        "consumer.yml",
+        no_env,
+    )
+    .unwrap_err();
+    let shown = bad.to_string();
+    let err = kafka_tower::ConsumerError::from(bad.clone());
+    let source = err
+        .source()
+        .and_then(|s| s.downcast_ref::<kafka_tower::runtime::ConfigError>())
+        .expect("the ConfigError itself, not its text");
+    assert_eq!(source, &bad);
+    assert_eq!(source.key(), Some("retry.max_attempts"));
+    assert!(err.to_string().ends_with(&shown), "{err}");
+}

@@ -142,7 +142,7 @@ pub(crate) fn jwt_layer(cache: usize) -> JwtLayer {
 }
 
 /// Prometheus metrics (service and client views) into a fresh registry.
-pub(crate) fn metrics_layer() -> kafka_tower_metrics::MetricsLayer {
+pub(crate) fn metrics_layer() -> kafka_tower_metrics::ServiceMetricsLayer {
     kafka_tower_metrics::Metrics::builder()
         .service_id("bench")
         .build()

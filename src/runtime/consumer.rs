@@ -246,11 +246,10 @@ impl std::error::Error for ConsumerError {
 }
 
 impl From<ConfigError> for ConsumerError {
+    /// The configuration error stays the source (origin, key and message
+    /// reachable through `source()`), not a copy of its text.
     fn from(e: ConfigError) -> Self {
-        ConsumerError {
-            message: e.to_string(),
-            source: None,
-        }
+        ConsumerError::new("cannot start the consumer", e)
     }
 }
 

@@ -462,7 +462,7 @@ impl TransactionalProducer {
 type Waiter = oneshot::Sender<Result<Delivery, TransactionError>>;
 
 /// A queue that many tasks send records to; a background task commits them
-/// in one transaction per `max_records` records or `max_delay`, whichever
+/// in one transaction per `max_batch` records or `max_delay`, whichever
 /// comes first, and tells each sender when its record is committed (or why
 /// not). See [`TransactionalProducer`].
 #[derive(Clone, Debug)]
@@ -476,7 +476,7 @@ impl TransactionalQueue {
     /// holds at most `capacity` waiting records (senders wait beyond that).
     pub fn spawn(
         producer: TransactionalProducer,
-        max_records: usize,
+        max_batch: usize,
         max_delay: Duration,
         capacity: usize,
     ) -> (TransactionalQueue, tokio::task::JoinHandle<()>) {
@@ -485,7 +485,7 @@ impl TransactionalQueue {
         let task = tokio::spawn(drain_queue(
             producer,
             rx,
-            max_records.max(1),
+            max_batch.max(1),
             max_delay,
             closed.clone(),
         ));
@@ -513,14 +513,14 @@ impl TransactionalQueue {
 async fn drain_queue(
     mut producer: TransactionalProducer,
     mut rx: mpsc::Receiver<(OutgoingRecord, Waiter)>,
-    max_records: usize,
+    max_batch: usize,
     max_delay: Duration,
     closed: Arc<Mutex<Option<String>>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + max_delay;
-        while batch.len() < max_records {
+        while batch.len() < max_batch {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(item) => batch.push(item),

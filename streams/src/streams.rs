@@ -27,26 +27,52 @@ use crate::partitioner::partition_for;
 use crate::restore::restore_partition;
 use crate::store::{lock, PartitionData, SharedPartition, StateStore, StoreKind, StoreStats};
 
-/// Why setting up or running the streams failed.
+/// Why setting up or running the streams failed: what was being done,
+/// and the underlying error as [`source`](std::error::Error::source) when
+/// there is one.
 #[derive(Debug)]
-pub struct StreamsError(String);
+pub struct StreamsError {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl StreamsError {
+    /// An error described by `message` alone.
+    fn msg(message: impl Into<String>) -> Self {
+        StreamsError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `doing` failed because of `source`.
+    fn caused(doing: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StreamsError {
+            message: doing.into(),
+            source: Some(source.into()),
+        }
+    }
+}
 
 impl fmt::Display for StreamsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match &self.source {
+            Some(s) => write!(f, "{}: {s}", self.message),
+            None => f.write_str(&self.message),
+        }
     }
 }
 
-impl std::error::Error for StreamsError {}
+impl std::error::Error for StreamsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
 
 impl From<ConsumerError> for StreamsError {
     fn from(e: ConsumerError) -> Self {
-        StreamsError(e.to_string())
+        StreamsError::caused("the streams' consumer stopped", e)
     }
-}
-
-fn error(e: impl fmt::Display) -> StreamsError {
-    StreamsError(e.to_string())
 }
 
 struct OwnedPartition {
@@ -197,7 +223,7 @@ impl StreamsBuilder {
                 partitions: Mutex::new(HashMap::new()),
             };
             if stores.insert(source.clone(), Arc::new(entry)).is_some() {
-                return Err(StreamsError(format!(
+                return Err(StreamsError::msg(format!(
                     "two stores on the source topic {source}: one store per source topic"
                 )));
             }
@@ -325,18 +351,20 @@ impl Streams {
             tokio::task::spawn_blocking(move || -> Result<HashMap<String, i32>, StreamsError> {
                 let consumer: BaseConsumer = cc
                     .create()
-                    .map_err(|e| error(properties.redact(&e.to_string())))?;
+                    .map_err(|e| StreamsError::msg(properties.redact(&e.to_string())))?;
                 let mut counts = HashMap::new();
                 for t in sources {
                     let md = consumer
                         .fetch_metadata(Some(&t), Duration::from_secs(30))
-                        .map_err(|e| StreamsError(format!("metadata of {t}: {e}")))?;
+                        .map_err(|e| {
+                            StreamsError::caused(format!("cannot read the metadata of {t}"), e)
+                        })?;
                     let n = md
                         .topics()
                         .first()
                         .map_or(0, |m| m.partitions().len() as i32);
                     if n == 0 {
-                        return Err(StreamsError(format!(
+                        return Err(StreamsError::msg(format!(
                             "source topic {t} does not exist: create it first"
                         )));
                     }
@@ -345,7 +373,7 @@ impl Streams {
                 Ok(counts)
             })
             .await
-            .map_err(error)??;
+            .map_err(|e| StreamsError::caused("the metadata task failed", e))??;
         let default_count = self
             .inner
             .stores
@@ -379,8 +407,8 @@ impl Streams {
         let hosts = self.clone();
         tokio::task::spawn_blocking(move || hosts.inner.hosts.start())
             .await
-            .map_err(error)?
-            .map_err(StreamsError)?;
+            .map_err(|e| StreamsError::caused("the hosts server task failed", e))?
+            .map_err(StreamsError::msg)?;
         Ok(())
     }
 
@@ -416,7 +444,7 @@ impl Streams {
         let admin: AdminClient<DefaultClientContext> = self
             .client_config()
             .create()
-            .map_err(|e| error(self.inner.properties.redact(&e.to_string())))?;
+            .map_err(|e| StreamsError::msg(self.inner.properties.redact(&e.to_string())))?;
         let new: Vec<NewTopic<'_>> = wanted
             .iter()
             .map(|(t, n, compact)| {
@@ -431,11 +459,13 @@ impl Streams {
         let results = admin
             .create_topics(&new, &AdminOptions::new())
             .await
-            .map_err(error)?;
+            .map_err(|e| StreamsError::caused("cannot create the internal topics", e))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => return Err(StreamsError(format!("cannot create topic {t}: {e}"))),
+                Err((t, e)) => {
+                    return Err(StreamsError::caused(format!("cannot create topic {t}"), e))
+                }
             }
         }
         Ok(())
@@ -674,9 +704,9 @@ impl Streams {
     pub fn get(&self, name: &str, key: &[u8]) -> Result<Lookup, StreamsError> {
         let entry = self
             .entry_by_name(name)
-            .ok_or_else(|| StreamsError(format!("no store named {name}")))?;
+            .ok_or_else(|| StreamsError::msg(format!("no store named {name}")))?;
         let n = self.partitions_of(&entry.source).ok_or_else(|| {
-            StreamsError("partition counts unknown: call Streams::prepare first".into())
+            StreamsError::msg("partition counts unknown: call Streams::prepare first")
         })?;
         let partition = partition_for(key, n);
         let data = entry
@@ -952,6 +982,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streams_error_keeps_its_cause() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "broker gone");
+        let e = StreamsError::caused("cannot read the metadata of orders", io);
+        assert_eq!(
+            e.to_string(),
+            "cannot read the metadata of orders: broker gone"
+        );
+        let cause = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(cause.map(|c| c.kind()), Some(std::io::ErrorKind::TimedOut));
+        assert!(StreamsError::msg("no store named x").source().is_none());
+    }
 
     #[test]
     fn the_builder_never_prints_a_secret_property() {

@@ -75,18 +75,7 @@ impl<S> AuditCaller<S> {
     pub fn new(inner: S) -> Self {
         AuditCaller { inner }
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    kafka_tower::define_inner_service_accessors!();
 }
 
 impl<S, B> Service<Request<B>> for AuditCaller<S>

@@ -108,18 +108,7 @@ impl<S> Audit<S, NoPayload> {
 }
 
 impl<S, P> Audit<S, P> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    kafka_tower::define_inner_service_accessors!();
 }
 
 impl<S, P, B, ResBody> Service<Request<B>> for Audit<S, P>

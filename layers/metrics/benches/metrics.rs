@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| rt.block_on(bare.call(request(&meta, &caller))).unwrap())
     });
     let mut layered = metrics.layer().layer(Ok200);
-    g.bench_function("MetricsLayer per record", |b| {
+    g.bench_function("ServiceMetricsLayer per record", |b| {
         b.iter(|| rt.block_on(layered.call(request(&meta, &caller))).unwrap())
     });
     let mut producer = metrics.producer_layer().layer(Ok200);

@@ -3,7 +3,7 @@
 //!
 //! # A short tour
 //!
-//! * **Service view.** [`MetricsLayer`] counts every call by topic and
+//! * **Service view.** [`ServiceMetricsLayer`] counts every call by topic and
 //!   [`Outcome`] (`ok`, `refused`, `failed`, `retryable`), observes the
 //!   handling latency in seconds, and tracks calls in flight. The topic is
 //!   the record's ([`kafka_tower::RecordMeta`]), or the first URI path
@@ -101,7 +101,7 @@
 //! | path | time | overhead |
 //! |---|---|---|
 //! | no layer (baseline) | ≈ 0.59 µs | — |
-//! | [`MetricsLayer`] (record, cached topic and client) | ≈ 1.05 µs | ≈ 0.46 µs |
+//! | [`ServiceMetricsLayer`] (record, cached topic and client) | ≈ 1.05 µs | ≈ 0.46 µs |
 //! | [`ProducerMetricsLayer`] (topic from the path) | ≈ 1.16 µs | ≈ 0.57 µs |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -118,6 +118,19 @@ mod service;
 pub use endpoint::{render, MetricsEndpoint, TEXT_CONTENT_TYPE};
 pub use labels::{LabelLimit, OTHER};
 pub use outcome::Outcome;
-pub use producer::{ProducerFuture, ProducerMetricsLayer, ProducerMetricsService};
+pub use producer::{ProducerFuture, ProducerMetrics, ProducerMetricsLayer};
 pub use registry::{Metrics, MetricsBuilder, MetricsError, DEFAULT_BUCKETS, DEFAULT_PREFIX};
-pub use service::{MetricsLayer, MetricsService, ResponseFuture, ANONYMOUS};
+pub use service::{ResponseFuture, ServiceMetrics, ServiceMetricsLayer, ANONYMOUS};
+
+/// The former name of [`ServiceMetricsLayer`].
+#[deprecated(
+    note = "renamed `ServiceMetricsLayer` (its service is `ServiceMetrics<S>`, \
+                     as `ProducerMetricsLayer`'s is `ProducerMetrics<S>`)"
+)]
+pub type MetricsLayer = ServiceMetricsLayer;
+/// The former name of [`ServiceMetrics`].
+#[deprecated(note = "renamed `ServiceMetrics`, after its layer `ServiceMetricsLayer`")]
+pub type MetricsService<S> = ServiceMetrics<S>;
+/// The former name of [`ProducerMetrics`].
+#[deprecated(note = "renamed `ProducerMetrics`, after its layer `ProducerMetricsLayer`")]
+pub type ProducerMetricsService<S> = ProducerMetrics<S>;

@@ -23,7 +23,7 @@ pub(crate) struct ProducerHandles {
     pub(crate) duration: Histogram,
 }
 
-/// Applies [`ProducerMetricsService`]; made by [`Metrics::producer_layer`].
+/// Applies [`ProducerMetrics`]; made by [`Metrics::producer_layer`].
 ///
 /// Place it around kafka-tower's `Producer` (or any service taking
 /// `POST /<topic>` and answering `2xx` once the record is stored).
@@ -43,9 +43,9 @@ impl ProducerMetricsLayer {
 }
 
 impl<S> Layer<S> for ProducerMetricsLayer {
-    type Service = ProducerMetricsService<S>;
-    fn layer(&self, inner: S) -> ProducerMetricsService<S> {
-        ProducerMetricsService {
+    type Service = ProducerMetrics<S>;
+    fn layer(&self, inner: S) -> ProducerMetrics<S> {
+        ProducerMetrics {
             inner,
             metrics: self.metrics.clone(),
         }
@@ -55,35 +55,24 @@ impl<S> Layer<S> for ProducerMetricsLayer {
 /// Counts each send by topic (the request path), then an acknowledgement
 /// (a `2xx`) or an error (any other status, or an `Err`), and times it.
 #[derive(Debug, Clone)]
-pub struct ProducerMetricsService<S> {
+pub struct ProducerMetrics<S> {
     inner: S,
     metrics: Metrics,
 }
 
-impl<S> ProducerMetricsService<S> {
+impl<S> ProducerMetrics<S> {
     /// Wraps `inner`, counting into `metrics` (a `Metrics` or a
     /// `&Metrics`).
     pub fn new(inner: S, metrics: impl Into<Metrics>) -> Self {
-        ProducerMetricsService {
+        ProducerMetrics {
             inner,
             metrics: metrics.into(),
         }
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    kafka_tower::define_inner_service_accessors!();
 }
 
-impl<S, B, ResBody> Service<Request<B>> for ProducerMetricsService<S>
+impl<S, B, ResBody> Service<Request<B>> for ProducerMetrics<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
@@ -107,7 +96,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`ProducerMetricsService`].
+    /// The response future of [`ProducerMetrics`].
     pub struct ProducerFuture<F> {
         #[pin]
         inner: F,

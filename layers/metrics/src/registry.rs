@@ -10,7 +10,7 @@ use crate::endpoint::MetricsEndpoint;
 use crate::labels::{LabelCache, LabelLimit};
 use crate::outcome::Outcome;
 use crate::producer::{ProducerHandles, ProducerMetricsLayer};
-use crate::service::{ClientHandles, MetricsLayer, TopicHandles};
+use crate::service::{ClientHandles, ServiceMetricsLayer, TopicHandles};
 
 /// The default metric name prefix.
 pub const DEFAULT_PREFIX: &str = "kafka_tower";
@@ -268,8 +268,8 @@ impl Metrics {
 
     /// The service view and client view of a consumer's (or an HTTP
     /// route's) service.
-    pub fn layer(&self) -> MetricsLayer {
-        MetricsLayer {
+    pub fn layer(&self) -> ServiceMetricsLayer {
+        ServiceMetricsLayer {
             metrics: self.clone(),
         }
     }

@@ -1,4 +1,4 @@
-//! [`MetricsLayer`], its service [`MetricsService`] and [`ResponseFuture`]:
+//! [`ServiceMetricsLayer`], its service [`ServiceMetrics`] and [`ResponseFuture`]:
 //! the service view and the client view.
 
 use std::future::Future;
@@ -31,26 +31,26 @@ pub(crate) struct ClientHandles {
     pub(crate) outcomes: [IntCounter; 4],
 }
 
-/// Applies [`MetricsService`]; made by [`Metrics::layer`]. Cloning is an
+/// Applies [`ServiceMetrics`]; made by [`Metrics::layer`]. Cloning is an
 /// `Arc` clone.
 #[derive(Debug, Clone)]
-pub struct MetricsLayer {
+pub struct ServiceMetricsLayer {
     pub(crate) metrics: Metrics,
 }
 
-impl MetricsLayer {
+impl ServiceMetricsLayer {
     /// The layer counting into `metrics` (also [`Metrics::layer`]).
     pub fn new(metrics: impl Into<Metrics>) -> Self {
-        MetricsLayer {
+        ServiceMetricsLayer {
             metrics: metrics.into(),
         }
     }
 }
 
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> MetricsService<S> {
-        MetricsService {
+impl<S> Layer<S> for ServiceMetricsLayer {
+    type Service = ServiceMetrics<S>;
+    fn layer(&self, inner: S) -> ServiceMetrics<S> {
+        ServiceMetrics {
             inner,
             metrics: self.metrics.clone(),
         }
@@ -64,35 +64,24 @@ impl<S> Layer<S> for MetricsLayer {
 /// of the URI path; the client id is [`Caller::client_id`] (inserted by an
 /// authentication layer placed *outside* this one), else `anonymous`.
 #[derive(Debug, Clone)]
-pub struct MetricsService<S> {
+pub struct ServiceMetrics<S> {
     inner: S,
     metrics: Metrics,
 }
 
-impl<S> MetricsService<S> {
+impl<S> ServiceMetrics<S> {
     /// Wraps `inner`, counting into `metrics` (a `Metrics` or a
     /// `&Metrics`).
     pub fn new(inner: S, metrics: impl Into<Metrics>) -> Self {
-        MetricsService {
+        ServiceMetrics {
             inner,
             metrics: metrics.into(),
         }
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    kafka_tower::define_inner_service_accessors!();
 }
 
-impl<S, B, ResBody> Service<Request<B>> for MetricsService<S>
+impl<S, B, ResBody> Service<Request<B>> for ServiceMetrics<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
@@ -152,7 +141,7 @@ impl Drop for InFlight {
 }
 
 pin_project! {
-    /// The response future of [`MetricsService`].
+    /// The response future of [`ServiceMetrics`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,

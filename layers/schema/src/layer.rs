@@ -14,7 +14,7 @@ use tower_layer::Layer;
 
 use crate::retriever::{file_uri, read_json, LocalFiles};
 use crate::service::JsonSchema;
-use crate::violation::{SchemaError, SchemaViolation, ViolationKind};
+use crate::violation::{SchemaViolation, ViolationDetail, ViolationKind};
 
 /// The name this layer gives itself in a [`Refusal`].
 pub const LAYER_NAME: &str = "schema";
@@ -110,7 +110,7 @@ impl Schemas {
         for e in validator.iter_errors(&value) {
             total += 1;
             if errors.len() < self.max_errors {
-                errors.push(SchemaError {
+                errors.push(ViolationDetail {
                     instance_path: e.instance_path().as_str().to_owned(),
                     schema_path: e.evaluation_path().as_str().to_owned(),
                     message: e.to_string(),

@@ -101,4 +101,11 @@ mod retriever;
 pub use kafka_tower::refusal::RefusalBody;
 pub use layer::{JsonSchemaLayer, JsonSchemaLayerBuilder, SchemaConfigError, LAYER_NAME};
 pub use service::JsonSchema;
-pub use violation::{SchemaError, SchemaViolation, ViolationKind};
+pub use violation::{SchemaViolation, ViolationDetail, ViolationKind};
+
+/// The former name of [`ViolationDetail`] (a detail of a violation, not an
+/// error).
+#[deprecated(
+    note = "renamed `ViolationDetail`: it is one detail of a `SchemaViolation`, not an error"
+)]
+pub type SchemaError = ViolationDetail;

@@ -46,9 +46,10 @@ impl ViolationKind {
     }
 }
 
-/// One schema error: where in the payload, which schema keyword, and what.
+/// One detail of a [`SchemaViolation`]: where in the payload, which schema
+/// keyword, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SchemaError {
+pub struct ViolationDetail {
     /// JSON Pointer into the payload, e.g. `/items/0/qty` (`""` = root).
     pub instance_path: String,
     /// The path through the schema to the failing keyword, `$ref`s
@@ -64,7 +65,7 @@ pub struct SchemaError {
 pub struct SchemaViolation {
     pub(crate) kind: ViolationKind,
     pub(crate) topic: String,
-    pub(crate) errors: Vec<SchemaError>,
+    pub(crate) errors: Vec<ViolationDetail>,
     pub(crate) total_errors: usize,
     pub(crate) message: String,
 }
@@ -92,7 +93,7 @@ impl SchemaViolation {
 
     /// The schema errors (for [`ViolationKind::Invalid`]), at most the
     /// configured `max_errors`.
-    pub fn errors(&self) -> &[SchemaError] {
+    pub fn errors(&self) -> &[ViolationDetail] {
         &self.errors
     }
 
@@ -147,7 +148,7 @@ mod tests {
     #[test]
     fn summary_is_bounded_on_a_char_boundary() {
         let mut v = SchemaViolation::new(ViolationKind::Invalid, "t", "2 schema errors");
-        v.errors.push(SchemaError {
+        v.errors.push(ViolationDetail {
             instance_path: "/name".into(),
             schema_path: "/properties/name/maxLength".into(),
             message: "\"ééééééééééé\" is longer than 3 characters".into(),

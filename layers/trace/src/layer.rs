@@ -98,18 +98,7 @@ impl<S> Trace<S> {
     pub fn new(inner: S) -> Self {
         TraceLayer::new().layer(inner)
     }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    kafka_tower::define_inner_service_accessors!();
 }
 
 /// The request's [`PropagatedContext`]: its extension, else the task-local
