@@ -525,6 +525,11 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
         matches!(err, TransactionError::Fenced(_)),
         "a typed fencing error: {err}"
     );
+    // The client's own error stays reachable, not only its text.
+    let source = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<rdkafka::error::KafkaError>())
+        .expect("the librdkafka error as the source");
+    assert!(err.to_string().contains(&source.to_string()), "{err}");
     new.send_batch(numbered(&topic, 1, 1))
         .await
         .expect("the successor produces");

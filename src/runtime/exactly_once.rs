@@ -260,7 +260,7 @@ enum BatchError {
 impl From<TransactionError> for BatchError {
     fn from(e: TransactionError) -> Self {
         match e {
-            TransactionError::Fatal(m) => BatchError::Recreate(m),
+            TransactionError::Fatal(m) => BatchError::Recreate(m.to_string()),
             // The producer's state is not what this loop expects: a new
             // producer starts from a clean one.
             TransactionError::State(m) => BatchError::Recreate(m),

@@ -34,7 +34,9 @@ pub use outcome::is_retryable_status;
 pub use producer::{Delivery, ProduceError, Producer, ProducerConfig};
 pub use service::{BatchService, RecordService};
 pub use stats::{PartitionLag, RuntimeStats};
-pub use transactions::{TransactionError, TransactionalProducer, TransactionalQueue};
+pub use transactions::{
+    TransactionCause, TransactionError, TransactionalProducer, TransactionalQueue,
+};
 
 /// Copies a message consumed with rdkafka into a [`ConsumedRecord`](crate::ConsumedRecord):
 /// key, payload and every header byte for byte (rdkafka's own header API

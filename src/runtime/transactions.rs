@@ -30,13 +30,13 @@ pub enum TransactionError {
     Invalid(ProduceError),
     /// The transaction failed and was aborted: none of its records is
     /// visible to `read_committed` consumers. Retrying the batch is safe.
-    Aborted(String),
+    Aborted(TransactionCause),
     /// Another producer with the same `transactional.id` took over (or this
     /// one's epoch expired): this instance must stop producing.
-    Fenced(String),
+    Fenced(TransactionCause),
     /// The producer hit a fatal error; a new producer must be created
     /// ([`TransactionalProducer::recover`]).
-    Fatal(String),
+    Fatal(TransactionCause),
     /// The call was invalid in the current state (e.g. `commit` without
     /// `begin`).
     State(String),
@@ -45,7 +45,7 @@ pub enum TransactionError {
     /// or [`abort`](TransactionalProducer::abort) the transaction is still
     /// open and its outcome undecided: call the same method again to resume
     /// it (a commit that timed out may yet succeed).
-    TimedOut(String),
+    TimedOut(TransactionCause),
     /// The cluster refused the producer's credentials or TLS handshake.
     Refused(ClusterRefused),
     /// A [`TransactionalQueue`] whose task has ended (its runtime shut
@@ -87,8 +87,61 @@ impl std::error::Error for TransactionError {
         match self {
             TransactionError::Invalid(e) => Some(e),
             TransactionError::Refused(e) => Some(e),
+            TransactionError::Aborted(c)
+            | TransactionError::Fenced(c)
+            | TransactionError::Fatal(c)
+            | TransactionError::TimedOut(c) => c.source(),
             _ => None,
         }
+    }
+}
+
+/// What a failed transactional call reported: a message, and the client's
+/// own error (the librdkafka error, or the task that failed) as the
+/// [`source`](std::error::Error::source) of the [`TransactionError`] when
+/// there is one.
+#[derive(Debug, Clone)]
+pub struct TransactionCause {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl TransactionCause {
+    /// The message (the client error's text when there is one).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn from_error(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TransactionCause {
+            message: e.to_string(),
+            source: Some(Arc::new(e)),
+        }
+    }
+
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+impl fmt::Display for TransactionCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for TransactionCause {
+    fn from(message: String) -> Self {
+        TransactionCause {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for TransactionCause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
     }
 }
 
@@ -103,28 +156,29 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
 
 /// Classifies a librdkafka error of a transactional call.
 fn classify(e: KafkaError) -> TransactionError {
-    let msg = e.to_string();
-    if let KafkaError::Transaction(err) = &e {
-        if is_fencing(err.code()) {
-            return TransactionError::Fenced(msg);
-        }
-        if err.is_fatal() {
-            return TransactionError::Fatal(msg);
-        }
-        if err.txn_requires_abort() {
-            return TransactionError::Aborted(msg);
-        }
-        if err.code() == RDKafkaErrorCode::State {
-            return TransactionError::State(msg);
-        }
-        if err.is_retriable() {
-            return TransactionError::TimedOut(msg);
-        }
+    enum Class {
+        Fenced,
+        Fatal,
+        Aborted,
+        State,
+        TimedOut,
     }
-    if e.rdkafka_error_code().is_some_and(is_fencing) {
-        return TransactionError::Fenced(msg);
+    let class = match &e {
+        KafkaError::Transaction(err) if is_fencing(err.code()) => Class::Fenced,
+        KafkaError::Transaction(err) if err.is_fatal() => Class::Fatal,
+        KafkaError::Transaction(err) if err.txn_requires_abort() => Class::Aborted,
+        KafkaError::Transaction(err) if err.code() == RDKafkaErrorCode::State => Class::State,
+        KafkaError::Transaction(err) if err.is_retriable() => Class::TimedOut,
+        _ if e.rdkafka_error_code().is_some_and(is_fencing) => Class::Fenced,
+        _ => Class::Aborted,
+    };
+    match class {
+        Class::State => TransactionError::State(e.to_string()),
+        Class::Fenced => TransactionError::Fenced(TransactionCause::from_error(e)),
+        Class::Fatal => TransactionError::Fatal(TransactionCause::from_error(e)),
+        Class::Aborted => TransactionError::Aborted(TransactionCause::from_error(e)),
+        Class::TimedOut => TransactionError::TimedOut(TransactionCause::from_error(e)),
     }
-    TransactionError::Aborted(msg)
 }
 
 /// Producing in Kafka transactions: [`TransactionalProducer`] (explicit
@@ -212,7 +266,7 @@ impl TransactionalProducer {
         tokio::select! {
             biased;
             done = init => done
-                .map_err(|e| TransactionError::Fatal(e.to_string()))?
+                .map_err(|e| TransactionError::Fatal(TransactionCause::from_error(e)))?
                 .map_err(classify)?,
             // init_transactions would wait out its timeout.
             refused = access.wait_refused() => return Err(TransactionError::Refused(refused)),
@@ -292,7 +346,7 @@ impl TransactionalProducer {
             .await
             .map_err(|e| match e {
                 ProduceError::Kafka(k) => classify(k),
-                other => TransactionError::Aborted(other.to_string()),
+                other => TransactionError::Aborted(TransactionCause::from_error(other)),
             })
     }
 
@@ -308,7 +362,7 @@ impl TransactionalProducer {
             p.send_offsets_to_transaction(&offsets, &group, timeout)
         })
         .await
-        .map_err(|e| TransactionError::Fatal(e.to_string()))?
+        .map_err(|e| TransactionError::Fatal(TransactionCause::from_error(e)))?
         .map_err(classify)
     }
 
@@ -333,7 +387,7 @@ impl TransactionalProducer {
         let timeout = self.timeout;
         let r = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
             .await
-            .map_err(|e| TransactionError::Fatal(e.to_string()))?;
+            .map_err(|e| TransactionError::Fatal(TransactionCause::from_error(e)))?;
         match r.map_err(classify) {
             Ok(()) => {
                 self.close();
@@ -413,7 +467,7 @@ impl TransactionalProducer {
         let timeout = self.timeout;
         let r = tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
             .await
-            .map_err(|e| TransactionError::Fatal(e.to_string()))?;
+            .map_err(|e| TransactionError::Fatal(TransactionCause::from_error(e)))?;
         match r.map_err(classify) {
             // Still open, the abort in progress: calling again resumes it.
             Err(e @ TransactionError::TimedOut(_)) => {
@@ -450,7 +504,7 @@ impl TransactionalProducer {
                 }
                 Err(e) => {
                     self.abort_resuming().await?;
-                    return Err(TransactionError::Aborted(e.to_string()));
+                    return Err(TransactionError::Aborted(TransactionCause::from_error(e)));
                 }
             }
         }
@@ -461,6 +515,15 @@ impl TransactionalProducer {
 
 type Waiter = oneshot::Sender<Result<Delivery, TransactionError>>;
 
+/// Why a queue's task stopped taking records.
+#[derive(Clone, Debug)]
+enum ClosedBy {
+    /// Another producer took over its `transactional.id`.
+    Fenced(TransactionCause),
+    /// Its producer hit a fatal error and could not be re-created.
+    Failed(TransactionCause),
+}
+
 /// A queue that many tasks send records to; a background task commits them
 /// in one transaction per `max_batch` records or `max_delay`, whichever
 /// comes first, and tells each sender when its record is committed (or why
@@ -468,7 +531,7 @@ type Waiter = oneshot::Sender<Result<Delivery, TransactionError>>;
 #[derive(Clone, Debug)]
 pub struct TransactionalQueue {
     tx: mpsc::Sender<(OutgoingRecord, Waiter)>,
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Arc<Mutex<Option<ClosedBy>>>,
 }
 
 impl TransactionalQueue {
@@ -495,14 +558,16 @@ impl TransactionalQueue {
     /// Queues `record` and waits until its transaction committed.
     pub async fn send(&self, record: OutgoingRecord) -> Result<Delivery, TransactionError> {
         let (done, wait) = oneshot::channel();
-        // Fenced if that is what closed it; otherwise its task ended.
+        // What closed it: fencing, a producer that could not be
+        // re-created, or its task ended.
         let closed = || match self
             .closed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            Some(fenced) => TransactionError::Fenced(fenced),
+            Some(ClosedBy::Fenced(c)) => TransactionError::Fenced(c),
+            Some(ClosedBy::Failed(c)) => TransactionError::Fatal(c),
             None => TransactionError::Closed,
         };
         self.tx.send((record, done)).await.map_err(|_| closed())?;
@@ -515,7 +580,7 @@ async fn drain_queue(
     mut rx: mpsc::Receiver<(OutgoingRecord, Waiter)>,
     max_batch: usize,
     max_delay: Duration,
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Arc<Mutex<Option<ClosedBy>>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -551,7 +616,8 @@ async fn drain_queue(
             }
             Err(TransactionError::Fenced(m)) => {
                 tracing::error!(error = %m, "transactional queue fenced: closing");
-                *closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+                *closed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(ClosedBy::Fenced(m.clone()));
                 for w in waiters {
                     let _ = w.send(Err(TransactionError::Fenced(m.clone())));
                 }
@@ -565,15 +631,16 @@ async fn drain_queue(
                 match producer.recover().await {
                     Ok(p) => producer = p,
                     Err(e) => {
-                        *closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        *closed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(ClosedBy::Failed(TransactionCause::from_error(e)));
                         return;
                     }
                 }
             }
             Err(e) => {
-                let m = e.to_string();
+                let cause = TransactionCause::from_error(e);
                 for w in waiters {
-                    let _ = w.send(Err(TransactionError::Aborted(m.clone())));
+                    let _ = w.send(Err(TransactionError::Aborted(cause.clone())));
                 }
             }
         }
