@@ -59,6 +59,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -466,7 +467,7 @@ fn kafka(properties: &Properties, doing: impl Into<String>, e: KafkaError) -> Dl
 /// The client context of the readers: the end of a partition is an event
 /// they wait for, not an error to log.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReaderContext;
+struct ReaderContext;
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -538,7 +539,7 @@ fn partitions(
 pub struct DeadLetters {
     consumer: BaseConsumer<ReaderContext>,
     properties: Properties,
-    topic: std::sync::Arc<str>,
+    topic: Arc<str>,
     /// Partitions not yet read to their end.
     open: HashSet<i32>,
 }
@@ -803,36 +804,27 @@ impl Redrive {
     ) -> Result<RedriveSummary, DlqError> {
         let started = Instant::now();
         let group = self.group_id();
-        let consumer: StreamConsumer<ReaderContext> = consumer(&self.properties, &group)?;
-        let ids = partitions(&consumer, &self.properties, &self.dlq_topic)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &ids {
-            tpl.add_partition(&self.dlq_topic, *p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl.clone(), CALL_TIMEOUT)
-            .map_err(|e| kafka(&self.properties, "read the redrive's committed offsets", e))?;
-        let mut state = RedriveProgress::default();
-        let mut assign = TopicPartitionList::new();
-        for p in &ids {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.dlq_topic, *p, CALL_TIMEOUT)
-                .map_err(|e| kafka(&self.properties, "read the watermarks", e))?;
-            let from = match committed
-                .find_partition(&self.dlq_topic, *p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
-            };
-            state.total += u64::try_from(high - from).unwrap_or(0);
-            assign
-                .add_partition_offset(&self.dlq_topic, *p, Offset::Offset(from))
-                .map_err(|e| kafka(&self.properties, "assign", e))?;
-        }
-        consumer
-            .assign(&assign)
-            .map_err(|e| kafka(&self.properties, "assign the dead-letter topic", e))?;
+        let consumer: Arc<StreamConsumer<ReaderContext>> =
+            Arc::new(consumer(&self.properties, &group)?);
+        // Metadata, committed offsets and watermarks are blocking calls (up
+        // to CALL_TIMEOUT each): off the async workers.
+        let (ids, total) = {
+            let (c, properties, topic) = (
+                consumer.clone(),
+                self.properties.clone(),
+                self.dlq_topic.clone(),
+            );
+            tokio::task::spawn_blocking(move || assign_from_committed(&c, &properties, &topic))
+                .await
+                .map_err(|e| DlqError::Kafka {
+                    doing: "assign the dead-letter topic".into(),
+                    error: e.to_string(),
+                })??
+        };
+        let mut state = RedriveProgress {
+            total,
+            ..RedriveProgress::default()
+        };
         let producer = if self.dry_run {
             None
         } else {
@@ -845,7 +837,7 @@ impl Redrive {
             config.transactional_id = Some(group.clone());
             Some(TransactionalProducer::new(config).await?)
         };
-        let topic: std::sync::Arc<str> = self.dlq_topic.as_str().into();
+        let topic: Arc<str> = self.dlq_topic.as_str().into();
         let mut open: HashSet<i32> = ids.iter().copied().collect();
         let mut pacer = Pacer::new(self.rate);
         // Rate-limited: about four transactions a second, each waiting its
@@ -944,6 +936,43 @@ impl Redrive {
         state.elapsed = started.elapsed();
         Ok(state)
     }
+}
+
+/// Assigns every partition of `topic` to `consumer` from its group's
+/// committed offset (or the beginning); returns the partitions and how many
+/// offsets lie between those positions and the ends.
+fn assign_from_committed(
+    consumer: &StreamConsumer<ReaderContext>,
+    properties: &Properties,
+    topic: &str,
+) -> Result<(Vec<i32>, u64), DlqError> {
+    let ids = partitions(consumer, properties, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &ids {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, CALL_TIMEOUT)
+        .map_err(|e| kafka(properties, "read the redrive's committed offsets", e))?;
+    let mut total = 0;
+    let mut assign = TopicPartitionList::new();
+    for p in &ids {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, CALL_TIMEOUT)
+            .map_err(|e| kafka(properties, "read the watermarks", e))?;
+        let from = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        total += u64::try_from(high - from).unwrap_or(0);
+        assign
+            .add_partition_offset(topic, *p, Offset::Offset(from))
+            .map_err(|e| kafka(properties, "assign", e))?;
+    }
+    consumer
+        .assign(&assign)
+        .map_err(|e| kafka(properties, "assign the dead-letter topic", e))?;
+    Ok((ids, total))
 }
 
 /// Keeps sends at `rate` per second on average: a group of `n` sends
