@@ -71,6 +71,17 @@ impl JsonSchemaLayer {
     pub fn validate(&self, topic: &str, payload: &[u8]) -> Result<(), SchemaViolation> {
         self.inner.validate(topic, payload)
     }
+
+    /// Validates an already parsed JSON `value` against `topic`'s schema:
+    /// [`validate`](Self::validate) without the UTF-8, size and parse
+    /// checks, for callers that hold the value (e.g. a decoder that parsed
+    /// it once). A topic without a schema is `Ok`.
+    pub fn validate_value(&self, topic: &str, value: &Value) -> Result<(), SchemaViolation> {
+        match self.inner.topics.get(topic) {
+            Some(validator) => self.inner.check(validator, topic, value),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Schemas {
@@ -102,12 +113,21 @@ impl Schemas {
                 format!("payload is not JSON: {e}"),
             )
         })?;
-        if validator.is_valid(&value) {
+        self.check(validator, topic, &value)
+    }
+
+    fn check(
+        &self,
+        validator: &jsonschema::Validator,
+        topic: &str,
+        value: &Value,
+    ) -> Result<(), SchemaViolation> {
+        if validator.is_valid(value) {
             return Ok(());
         }
         let mut total = 0;
         let mut errors = Vec::new();
-        for e in validator.iter_errors(&value) {
+        for e in validator.iter_errors(value) {
             total += 1;
             if errors.len() < self.max_errors {
                 errors.push(ViolationDetail {
