@@ -45,7 +45,7 @@ pub fn broker() -> &'static HashMap<String, String> {
                 .filter(|(k, _)| k.starts_with("KAFKA_"))
                 .collect();
         }
-        auto_broker::start_or_join().unwrap_or_else(|why| panic!("{why}"))
+        auto_service::start_or_join(&auto_service::BROKER).unwrap_or_else(|why| panic!("{why}"))
     })
 }
 
@@ -59,13 +59,74 @@ fn broker_env(name: &str) -> String {
     })
 }
 
-/// The broker `cargo test` starts for itself (see [`broker`]).
-mod auto_broker {
+/// The Schema Registry of the tests (`SCHEMA_REGISTRY_URL`, the
+/// Confluent-compatible API of `scripts/registry.sh`'s Apicurio Registry).
+///
+/// From the environment when set; otherwise the first test that asks starts
+/// the project's registry in `target/registry-auto`, shared and reaped like
+/// the broker of [`broker`]. It needs Java 21 or later.
+pub fn registry_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("SCHEMA_REGISTRY_URL") {
+            return url;
+        }
+        auto_service::start_or_join(&auto_service::REGISTRY)
+            .unwrap_or_else(|why| panic!("{why}"))
+            .remove("SCHEMA_REGISTRY_URL")
+            .expect("checked by start_or_join")
+    })
+    .clone()
+}
+
+/// The broker and registry `cargo test` starts for itself (see [`broker`]
+/// and [`registry_url`]).
+mod auto_service {
     use std::collections::HashMap;
     use std::fs::{self, File, OpenOptions};
     use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
+
+    pub(super) struct Spec {
+        what: &'static str,
+        script: &'static str,
+        dir_env: &'static str,
+        dir: &'static str,
+        pid_file: &'static str,
+        prefix: &'static str,
+        required: &'static str,
+        java: &'static str,
+        fetched: &'static str,
+        /// Whether the script keeps `$DIR/addresses` itself.
+        keeps_addresses: bool,
+    }
+
+    pub(super) const BROKER: Spec = Spec {
+        what: "broker",
+        script: "scripts/kafka.sh",
+        dir_env: "KAFKA_TOWER_BROKER_DIR",
+        dir: "target/kafka-auto",
+        pid_file: "broker.pid",
+        prefix: "KAFKA_",
+        required: "KAFKA_BOOTSTRAP_SERVERS",
+        java: "Java 17 or later",
+        fetched: "target/kafka-libs/.complete",
+        keeps_addresses: true,
+    };
+
+    pub(super) const REGISTRY: Spec = Spec {
+        what: "schema registry",
+        script: "scripts/registry.sh",
+        dir_env: "KAFKA_TOWER_REGISTRY_DIR",
+        dir: "target/registry-auto",
+        pid_file: "registry.pid",
+        prefix: "SCHEMA_REGISTRY_",
+        required: "SCHEMA_REGISTRY_URL",
+        java: "Java 21 or later",
+        fetched: "target/registry-app/.complete",
+        keeps_addresses: false,
+    };
 
     fn workspace_root() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,11 +135,12 @@ mod auto_broker {
             .to_path_buf()
     }
 
-    fn missing(what: &str) -> String {
+    fn missing(spec: &Spec, what: &str) -> String {
         format!(
-            "the broker tests need Apache Kafka: set KAFKA_BOOTSTRAP_SERVERS to a broker, or install \
-             {what} so that `cargo test` starts one itself (scripts/kafka.sh; Debian/Ubuntu: \
-             `apt-get install openjdk-17-jre-headless maven`), or run `scripts/test`"
+            "the {} tests need a {}: set {} to one, or install {what} so that `cargo test` \
+             starts one itself ({}; Debian/Ubuntu: `apt-get install openjdk-21-jre-headless maven`), \
+             or run `scripts/test`",
+            spec.what, spec.what, spec.required, spec.script
         )
     }
 
@@ -91,30 +153,30 @@ mod auto_broker {
             .is_ok_and(|s| s.success())
     }
 
-    fn parse(text: &str) -> HashMap<String, String> {
+    fn parse(spec: &Spec, text: &str) -> HashMap<String, String> {
         text.lines()
             .filter_map(|l| l.trim().split_once('='))
-            .filter(|(k, _)| k.starts_with("KAFKA_"))
+            .filter(|(k, _)| k.starts_with(spec.prefix))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     }
 
-    fn alive(dir: &Path) -> bool {
-        fs::read_to_string(dir.join("broker.pid"))
+    fn alive(spec: &Spec, dir: &Path) -> bool {
+        fs::read_to_string(dir.join(spec.pid_file))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
-    pub(super) fn start_or_join() -> Result<HashMap<String, String>, String> {
+    pub(super) fn start_or_join(spec: &Spec) -> Result<HashMap<String, String>, String> {
         let root = workspace_root();
-        let dir = root.join("target/kafka-auto");
+        let dir = root.join(spec.dir);
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let lock = File::create(dir.join("lock")).map_err(|e| e.to_string())?;
         lock.lock()
-            .map_err(|e| format!("cannot lock the broker directory: {e}"))?;
-        // Registered before the broker is looked at, so that the reaper of
-        // a broker about to be reaped sees this process.
+            .map_err(|e| format!("cannot lock the {} directory: {e}", spec.what))?;
+        // Registered before the service is looked at, so that the reaper of
+        // a service about to be reaped sees this process.
         let mut users = OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,55 +184,63 @@ mod auto_broker {
             .map_err(|e| e.to_string())?;
         writeln!(users, "{}", std::process::id()).map_err(|e| e.to_string())?;
         let addresses = dir.join("addresses");
-        if alive(&dir) {
+        if alive(spec, &dir) {
             if let Ok(text) = fs::read_to_string(&addresses) {
-                let found = parse(&text);
-                if found.contains_key("KAFKA_BOOTSTRAP_SERVERS") {
+                let found = parse(spec, &text);
+                if found.contains_key(spec.required) {
                     return Ok(found);
                 }
             }
         }
-        if !has("java", "-version") {
-            return Err(missing("Java 17 or later"));
+        if spec.required == BROKER.required && !has("java", "-version") {
+            return Err(missing(spec, spec.java));
         }
-        if !root.join("target/kafka-libs/.complete").exists() && !has("mvn", "-v") {
-            return Err(missing("Maven (to fetch the Kafka jars)"));
+        if !root.join(spec.fetched).exists() && !has("mvn", "-v") {
+            return Err(missing(spec, "Maven (to fetch it)"));
         }
         eprintln!(
-            "kafka-tower-testkit: KAFKA_BOOTSTRAP_SERVERS is unset: starting a broker in {}",
+            "kafka-tower-testkit: {} is unset: starting a {} in {}",
+            spec.required,
+            spec.what,
             dir.display()
         );
-        let script = root.join("scripts/kafka.sh");
+        let script = root.join(spec.script);
         let out = Command::new(&script)
             .arg("start")
-            .env("KAFKA_TOWER_BROKER_DIR", &dir)
+            .env(spec.dir_env, &dir)
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !out.status.success() {
             return Err(format!(
-                "{} start failed ({})",
+                "{} start failed ({}); {}",
                 script.display(),
-                out.status
+                out.status,
+                missing(spec, spec.java)
             ));
         }
-        let found = parse(&String::from_utf8_lossy(&out.stdout));
-        if !found.contains_key("KAFKA_BOOTSTRAP_SERVERS") {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let found = parse(spec, &stdout);
+        if !found.contains_key(spec.required) {
             return Err(format!(
-                "{} start printed no KAFKA_BOOTSTRAP_SERVERS",
-                script.display()
+                "{} start printed no {}",
+                script.display(),
+                spec.required
             ));
         }
-        // The reaper outlives this process: it stops the broker once every
+        if !spec.keeps_addresses {
+            fs::write(&addresses, stdout.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        // The reaper outlives this process: it stops the service once every
         // registered test process is gone.
         Command::new(&script)
             .args(["reap", "30"])
-            .env("KAFKA_TOWER_BROKER_DIR", &dir)
+            .env(spec.dir_env, &dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start the broker's reaper: {e}"))?;
+            .map_err(|e| format!("cannot start the {}'s reaper: {e}", spec.what))?;
         Ok(found)
     }
 }
