@@ -35,7 +35,7 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
 use fixtures::{
-    auditor, fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, TOPIC,
+    auditor, fresh, jwt_layer, metrics_layer, ready, record, schema_layer, Noop, PAYLOAD_LEN, TOPIC,
 };
 use http::{Request, Response};
 use kafka_tower::context::CaptureContextLayer;
@@ -278,6 +278,16 @@ fn layers(c: &mut Criterion) {
     }
     bench_layer(&mut g, "audit_null_sink_drop", auditor(false).layer(), &rec);
     bench_layer(&mut g, "audit_null_sink_block", auditor(true).layer(), &rec);
+    {
+        let mut avro = rec.clone();
+        avro.payload = Some(fixtures::avro_order_payload(PAYLOAD_LEN));
+        bench_layer(
+            &mut g,
+            "registry_avro_512B_cached_id",
+            fixtures::registry_layer(),
+            &avro,
+        );
+    }
     // Layers still being written join here, one line each:
     // bench_layer(&mut g, "name", layer, &rec);
     g.finish();
@@ -285,6 +295,18 @@ fn layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("stack");
     g.throughput(Throughput::Elements(1));
     bench_layer(&mut g, "full_stack", full_stack(), &rec);
+    {
+        // The same stack validating Avro records through the registry
+        // layer (cached id) instead of JSON through the schema layer.
+        let mut avro = rec.clone();
+        avro.payload = Some(fixtures::avro_order_payload(PAYLOAD_LEN));
+        bench_layer(
+            &mut g,
+            "full_stack_registry_avro",
+            full_stack_with(fixtures::registry_layer()),
+            &avro,
+        );
+    }
     let path = ServingPath::new();
     let mut svc = full_stack().service(Noop);
     assert!(ready(path.serve(&mut svc, &rec)));
@@ -337,11 +359,14 @@ fn layers(c: &mut Criterion) {
 /// its client view), validation, context capture. (`CaptureContextLayer` needs a `Default` response
 /// body, which the JWT and schema layers' refusal bodies are not, so it
 /// sits inside them.)
-type FullStack = ServiceBuilder<
+type FullStack = FullStackWith<JsonSchemaLayer>;
+
+/// [`FullStack`] with validation layer `V`.
+type FullStackWith<V> = ServiceBuilder<
     Stack<
         CaptureContextLayer,
         Stack<
-            JsonSchemaLayer,
+            V,
             Stack<
                 ServiceMetricsLayer,
                 Stack<
@@ -354,6 +379,10 @@ type FullStack = ServiceBuilder<
 >;
 
 fn full_stack() -> FullStack {
+    full_stack_with(schema_layer())
+}
+
+fn full_stack_with<V>(validation: V) -> FullStackWith<V> {
     let audit = auditor(true);
     ServiceBuilder::new()
         .layer(TraceLayer::new())
@@ -361,7 +390,7 @@ fn full_stack() -> FullStack {
         .layer(jwt_layer(1000))
         .layer(audit.caller_layer())
         .layer(metrics_layer())
-        .layer(schema_layer())
+        .layer(validation)
         .layer(CaptureContextLayer::new())
 }
 

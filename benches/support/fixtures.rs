@@ -24,6 +24,59 @@ pub(crate) const SECRET: &[u8] = b"bench-shared-secret-0123456789abcdef";
 /// Payload size of the bench records.
 pub(crate) const PAYLOAD_LEN: usize = 512;
 
+/// The Avro schema of the bench orders (the fields of [`order_payload`]).
+pub(crate) const ORDER_AVRO: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
+    {"name":"id","type":"string"},
+    {"name":"status","type":{"type":"enum","name":"Status","symbols":["new","paid","shipped"]}},
+    {"name":"total","type":"double"},
+    {"name":"currency","type":"string"},
+    {"name":"customer","type":"string"},
+    {"name":"paid","type":"boolean"},
+    {"name":"items","type":{"type":"array","items":{"type":"record","name":"Item",
+        "fields":[{"name":"sku","type":"string"},{"name":"qty","type":"int"}]}}},
+    {"name":"note","type":"string"}]}"#;
+
+/// The schema id the bench registry client holds [`ORDER_AVRO`] under.
+pub(crate) const ORDER_AVRO_ID: u32 = 1;
+
+/// The order of [`order_payload`] in the Confluent wire format (magic
+/// byte, [`ORDER_AVRO_ID`], Avro body), `len` bytes framed.
+pub(crate) fn avro_order_payload(len: usize) -> Bytes {
+    let schema = kafka_tower_registry::LocalSchema::avro(ORDER_AVRO).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&order_payload(0)).unwrap();
+    let empty = 5 + schema.encode(&v).unwrap().len();
+    // The note's length prefix grows by a byte at 64 characters.
+    let mut pad = len.saturating_sub(empty + 1);
+    loop {
+        v["note"] = json!("n".repeat(pad));
+        let framed = kafka_tower_registry::wire::frame(ORDER_AVRO_ID, &schema.encode(&v).unwrap());
+        if framed.len() >= len || pad == 0 {
+            assert_eq!(framed.len(), len.max(empty));
+            return framed;
+        }
+        pad += 1;
+    }
+}
+
+/// The registry layer decoding [`TOPIC`]'s values, its client holding
+/// [`ORDER_AVRO`] under [`ORDER_AVRO_ID`] (a cached id: no registry is
+/// asked; the URL is never used).
+pub(crate) fn registry_layer() -> kafka_tower_registry::RegistryLayer {
+    let client = kafka_tower_registry::RegistryClient::builder("http://127.0.0.1:9")
+        .build()
+        .unwrap();
+    client
+        .insert_schema(
+            ORDER_AVRO_ID,
+            kafka_tower_registry::SchemaType::Avro,
+            ORDER_AVRO,
+        )
+        .unwrap();
+    kafka_tower_registry::RegistryLayer::builder(client)
+        .value(TOPIC)
+        .build()
+}
+
 /// A service that answers `200` at once: the floor every layer adds to.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Noop;
