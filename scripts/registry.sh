@@ -46,6 +46,12 @@ free_port() {
 
 fetch() {
   if [ -f "$APP/.complete" ]; then return 0; fi
+  # One fetch at a time: the test kit's registry and scripts/test's share
+  # $APP.
+  mkdir -p "$(dirname "$APP")"
+  exec 8>"$APP.lock"
+  flock 8
+  if [ -f "$APP/.complete" ]; then flock -u 8; return 0; fi
   command -v mvn >/dev/null || { echo "registry.sh: mvn (Maven) is required to fetch Apicurio Registry" >&2; exit 1; }
   echo "registry.sh: fetching Apicurio Registry $VERSION with Maven into $APP" >&2
   rm -rf "$APP" "$APP.download"
@@ -61,6 +67,7 @@ fetch() {
   [ -f "$APP/quarkus-run.jar" ] \
     || { echo "registry.sh: $ARTIFACT has no quarkus-run.jar (see $APP)" >&2; exit 1; }
   touch "$APP/.complete"
+  flock -u 8
 }
 
 # The major version of the Java runtime $1 ("1.8.0_402" -> 8, "21.0.2" -> 21,
@@ -109,8 +116,13 @@ alive() {
   kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]
 }
 
+# Whether the pid file names a live registry — this one, not another
+# process that has the pid since.
 running() {
-  [ -f "$DIR/registry.pid" ] && alive "$(cat "$DIR/registry.pid")"
+  [ -f "$DIR/registry.pid" ] || return 1
+  local pid
+  pid="$(cat "$DIR/registry.pid")"
+  alive "$pid" && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'quarkus-run.jar'
 }
 
 url() {
@@ -211,7 +223,7 @@ stop() {
   [ -f "$DIR/registry.pid" ] || return 0
   local pid
   pid="$(cat "$DIR/registry.pid")"
-  if alive "$pid"; then
+  if running; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do alive "$pid" || break; sleep 0.5; done
     if alive "$pid"; then

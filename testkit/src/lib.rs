@@ -213,10 +213,10 @@ mod auto_service {
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !out.status.success() {
             return Err(format!(
-                "{} start failed ({}); {}",
+                "{} start failed ({}): its messages are above (it needs {}, Maven and python3)",
                 script.display(),
                 out.status,
-                missing(spec, spec.java)
+                spec.java
             ));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -14,18 +14,20 @@ use crate::error::RegistryError;
 use crate::schema::{LocalSchema, RegisteredSchema, SchemaType};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// A subject and a schema text.
-type SubjectSchema = (String, Arc<str>);
-/// A schema id and, when known, its version under the subject.
-type IdVersion = (u32, Option<u32>);
-/// When fetched, and the subjects and versions of an id.
-type Subjects = (Instant, Vec<(String, u32)>);
+/// A subject, a schema type and a schema text.
+type SubjectSchema = (String, SchemaType, Arc<str>);
+/// Ids remembered as missing (40403) or unusable, at most; beyond it the
+/// expired ones are dropped, then the oldest.
+const MAX_REMEMBERED_FAILURES: usize = 4096;
+/// The longest wait between two tries of one call.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// A version of a subject: its number, schema id and schema.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubjectVersion {
     /// The subject.
     pub subject: String,
@@ -35,6 +37,16 @@ pub struct SubjectVersion {
     pub id: u32,
     /// The schema.
     pub schema: Arc<RegisteredSchema>,
+}
+
+/// The registry's answer to [`RegistryClient::test_compatibility`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompatibilityReport {
+    /// Whether the schema may be registered under the subject's rule.
+    pub compatible: bool,
+    /// The registry's reasons when not (some registries give none).
+    pub messages: Vec<String>,
 }
 
 /// A subject's compatibility rule (`GET /config/{subject}`).
@@ -149,7 +161,7 @@ pub struct RegistryClientBuilder {
 impl fmt::Debug for RegistryClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryClientBuilder")
-            .field("url", &self.url)
+            .field("url", &without_credentials(&self.url))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -210,10 +222,7 @@ impl RegistryClientBuilder {
     /// Builds the client. Fails on a URL that is not `http(s)://…` or a
     /// CA certificate that does not parse.
     pub fn build(self) -> Result<RegistryClient, RegistryError> {
-        let config = |detail: String| RegistryError::Protocol {
-            operation: "configuration".into(),
-            detail,
-        };
+        let config = RegistryError::Config;
         let mut url = reqwest::Url::parse(&self.url)
             .map_err(|e| config(format!("invalid registry URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -225,7 +234,7 @@ impl RegistryClientBuilder {
         let mut auth = self.auth;
         // Credentials in the URL become basic auth and leave the URL, so
         // that no message or Debug ever prints them.
-        if !url.username().is_empty() {
+        if !url.username().is_empty() || url.password().is_some() {
             if matches!(auth, Auth::None) {
                 auth = Auth::Basic {
                     user: percent_decode(url.username()),
@@ -262,14 +271,27 @@ impl RegistryClientBuilder {
                 latest_ttl: self.latest_ttl,
                 missing_ttl: self.missing_ttl,
                 ids: Mutex::default(),
-                missing: Mutex::default(),
+                failed: Mutex::default(),
+                unreachable: Mutex::default(),
                 latest: Mutex::default(),
                 registered: Mutex::default(),
-                id_subjects: Mutex::default(),
+                looked_up: Mutex::default(),
                 schema_fetches: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
             }),
         })
+    }
+}
+
+/// `url` with any `user:password@` removed, for messages.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(an invalid URL)".to_owned(),
     }
 }
 
@@ -306,6 +328,8 @@ fn percent_decode(s: &str) -> String {
 ///   cached for the life of the client.
 /// * A registry that cannot be reached is tried again `retries` times, then
 ///   the call fails with [`RegistryError::Unavailable`] (retryable).
+/// * Proxies: the client connects directly; `HTTPS_PROXY` and friends are
+///   not read.
 #[derive(Clone)]
 pub struct RegistryClient {
     inner: Arc<Inner>,
@@ -319,11 +343,18 @@ struct Inner {
     backoff: Duration,
     latest_ttl: Duration,
     missing_ttl: Duration,
+    /// Schemas by id; an entry is an in-flight or finished fetch, removed
+    /// when the fetch fails.
     ids: Mutex<Map<u32, Arc<OnceCell<Arc<RegisteredSchema>>>>>,
-    missing: Mutex<Map<u32, (Instant, RegistryError)>>,
+    /// Ids the registry does not have (until `missing_ttl`) or that cannot
+    /// be used here (for good: ids are immutable).
+    failed: Mutex<Map<u32, (Option<Instant>, RegistryError)>>,
+    /// Until when the registry is taken as unreachable after a failed
+    /// fetch, so that the records waiting on the same id fail at once.
+    unreachable: Mutex<Option<(Instant, RegistryError)>>,
     latest: Mutex<Map<String, (Instant, SubjectVersion)>>,
-    registered: Mutex<Map<SubjectSchema, IdVersion>>,
-    id_subjects: Mutex<Map<u32, Subjects>>,
+    registered: Mutex<Map<SubjectSchema, u32>>,
+    looked_up: Mutex<Map<SubjectSchema, SubjectVersion>>,
     schema_fetches: AtomicU64,
     requests: AtomicU64,
 }
@@ -464,6 +495,12 @@ impl RegistryClient {
     }
 
     /// The schema with `id`: from the cache, else `GET /schemas/ids/{id}`.
+    ///
+    /// Concurrent calls for one id share one fetch. An id the registry
+    /// does not have is remembered for `missing_ttl`, an id whose schema
+    /// cannot be used here for good; after a fetch found the registry
+    /// unreachable, calls fail at once for the retry backoff instead of
+    /// each waiting for their own timeouts.
     pub async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
         let cell = {
             let mut ids = lock(&self.inner.ids);
@@ -472,48 +509,83 @@ impl RegistryClient {
             }
             ids.entry(id).or_default().clone()
         };
-        if let Some((at, err)) = lock(&self.inner.missing).get(&id) {
-            if at.elapsed() < self.inner.missing_ttl {
-                return Err(err.clone());
+        let result = cell
+            .get_or_try_init(|| async {
+                // Checked here, inside the one fetch: the waiters that
+                // follow a failure see what it left.
+                self.remembered_failure(id)?;
+                self.inner.schema_fetches.fetch_add(1, Ordering::Relaxed);
+                let answer: Result<SchemaAnswer, _> = self.get(&format!("/schemas/ids/{id}")).await;
+                let compiled = answer.and_then(|a| {
+                    compile(id, a.schema_type.as_deref(), &a.schema, &a.references).map(Arc::new)
+                });
+                if let Err(e) = &compiled {
+                    self.remember_failure(id, e);
+                }
+                compiled
+            })
+            .await
+            .cloned();
+        if result.is_err() {
+            // No empty entry stays behind for an id that failed: the map
+            // holds only schemas and fetches in flight.
+            let mut ids = lock(&self.inner.ids);
+            if ids.get(&id).is_some_and(|c| c.get().is_none()) {
+                ids.remove(&id);
             }
         }
-        cell.get_or_try_init(|| async {
-            self.inner.schema_fetches.fetch_add(1, Ordering::Relaxed);
-            let path = format!("/schemas/ids/{id}");
-            let answer: SchemaAnswer = match self.get(&path).await {
-                Ok(a) => a,
-                Err(e) => {
-                    if matches!(e, RegistryError::NotFound { .. }) {
-                        lock(&self.inner.missing).insert(id, (Instant::now(), e.clone()));
-                    }
-                    return Err(e);
+        result
+    }
+
+    fn remembered_failure(&self, id: u32) -> Result<(), RegistryError> {
+        if let Some((until, e)) = &*lock(&self.inner.unreachable) {
+            if Instant::now() < *until {
+                return Err(e.clone());
+            }
+        }
+        match lock(&self.inner.failed).get(&id) {
+            Some((None, e)) => Err(e.clone()),
+            Some((Some(at), e)) if at.elapsed() < self.inner.missing_ttl => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn remember_failure(&self, id: u32, e: &RegistryError) {
+        let at = match e {
+            RegistryError::Unavailable { .. } => {
+                let until = Instant::now() + self.inner.backoff.min(MAX_BACKOFF);
+                *lock(&self.inner.unreachable) = Some((until, e.clone()));
+                return;
+            }
+            RegistryError::Unusable { .. } => None,
+            e if e.is_unknown_schema() => Some(Instant::now()),
+            _ => return,
+        };
+        let mut failed = lock(&self.inner.failed);
+        if failed.len() >= MAX_REMEMBERED_FAILURES {
+            let ttl = self.inner.missing_ttl;
+            failed.retain(|_, (at, _)| at.is_none_or(|t| t.elapsed() < ttl));
+            if failed.len() >= MAX_REMEMBERED_FAILURES {
+                // Still full of permanent ones: forget an arbitrary tenth.
+                let drop: Vec<u32> = failed
+                    .keys()
+                    .take(MAX_REMEMBERED_FAILURES / 10)
+                    .copied()
+                    .collect();
+                for k in drop {
+                    failed.remove(&k);
                 }
-            };
-            compile(
-                id,
-                answer.schema_type.as_deref(),
-                &answer.schema,
-                &answer.references,
-            )
-            .map(Arc::new)
-        })
-        .await
-        .cloned()
+            }
+        }
+        failed.insert(id, (at, e.clone()));
     }
 
     /// The subjects and versions under which schema `id` is registered
-    /// (`GET /schemas/ids/{id}/versions`), cached for the latest TTL.
+    /// (`GET /schemas/ids/{id}/versions`), asked every time.
     pub async fn subjects_of(&self, id: u32) -> Result<Vec<(String, u32)>, RegistryError> {
-        if let Some((at, v)) = lock(&self.inner.id_subjects).get(&id) {
-            if at.elapsed() < self.inner.latest_ttl {
-                return Ok(v.clone());
-            }
-        }
         let answer: Vec<SubjectVersionRef> =
             self.get(&format!("/schemas/ids/{id}/versions")).await?;
-        let v: Vec<(String, u32)> = answer.into_iter().map(|r| (r.subject, r.version)).collect();
-        lock(&self.inner.id_subjects).insert(id, (Instant::now(), v.clone()));
-        Ok(v)
+        Ok(answer.into_iter().map(|r| (r.subject, r.version)).collect())
     }
 
     /// The latest version of `subject`, cached for the latest TTL.
@@ -554,6 +626,10 @@ impl RegistryClient {
                 path_segment(subject)
             ))
             .await?;
+        self.subject_version(a)
+    }
+
+    fn subject_version(&self, a: VersionAnswer) -> Result<SubjectVersion, RegistryError> {
         let schema = match self.cached(a.id) {
             Some(s) => s,
             None => {
@@ -585,48 +661,48 @@ impl RegistryClient {
         subject: &str,
         schema: &LocalSchema,
     ) -> Result<u32, RegistryError> {
-        let key = (subject.to_owned(), schema.text.clone());
-        if let Some((id, _)) = lock(&self.inner.registered).get(&key) {
+        let key = (subject.to_owned(), schema.schema_type, schema.text.clone());
+        if let Some(id) = lock(&self.inner.registered).get(&key) {
             return Ok(*id);
         }
         let path = format!("/subjects/{}/versions", path_segment(subject));
         let a: IdAnswer = self
             .post(&path, &schema_body(schema), Some(subject))
             .await?;
-        lock(&self.inner.registered).insert(key, (a.id, None));
+        lock(&self.inner.registered).insert(key, a.id);
         Ok(a.id)
     }
 
     /// Finds `schema` among `subject`'s versions (`POST /subjects/{s}`)
-    /// without registering it: its id and version. Not registered is
+    /// without registering it. Not registered is
     /// [`RegistryError::NotFound`] (`40403`, or `40401` for no subject).
+    /// Cached per subject and schema.
     pub async fn lookup(
         &self,
         subject: &str,
         schema: &LocalSchema,
-    ) -> Result<(u32, u32), RegistryError> {
-        let key = (subject.to_owned(), schema.text.clone());
-        if let Some((id, Some(version))) = lock(&self.inner.registered).get(&key) {
-            return Ok((*id, *version));
+    ) -> Result<SubjectVersion, RegistryError> {
+        let key = (subject.to_owned(), schema.schema_type, schema.text.clone());
+        if let Some(v) = lock(&self.inner.looked_up).get(&key) {
+            return Ok(v.clone());
         }
         let path = format!("/subjects/{}", path_segment(subject));
         let a: VersionAnswer = self
             .post(&path, &schema_body(schema), Some(subject))
             .await?;
-        lock(&self.inner.registered).insert(key, (a.id, Some(a.version)));
-        Ok((a.id, a.version))
+        let v = self.subject_version(a)?;
+        lock(&self.inner.looked_up).insert(key, v.clone());
+        Ok(v)
     }
 
     /// Asks the registry whether `schema` is compatible with `subject`'s
     /// latest version under the subject's rule
-    /// (`POST /compatibility/subjects/{s}/versions/latest?verbose=true`):
-    /// `Ok(messages)` — empty when compatible, the registry's reasons when
-    /// not.
-    pub async fn check_compatibility(
+    /// (`POST /compatibility/subjects/{s}/versions/latest?verbose=true`).
+    pub async fn test_compatibility(
         &self,
         subject: &str,
         schema: &LocalSchema,
-    ) -> Result<Result<(), Vec<String>>, RegistryError> {
+    ) -> Result<CompatibilityReport, RegistryError> {
         let path = format!(
             "/compatibility/subjects/{}/versions/latest?verbose=true",
             path_segment(subject)
@@ -634,10 +710,9 @@ impl RegistryClient {
         let a: CompatibilityAnswer = self
             .post(&path, &schema_body(schema), Some(subject))
             .await?;
-        Ok(if a.is_compatible {
-            Ok(())
-        } else {
-            Err(a.messages)
+        Ok(CompatibilityReport {
+            compatible: a.is_compatible,
+            messages: a.messages,
         })
     }
 
@@ -703,9 +778,13 @@ impl RegistryClient {
                 Ok((status, bytes)) => {
                     return decode_answer(status, &bytes, &operation, subject);
                 }
-                Err(e) if attempt < self.inner.retries => {
+                Err(e) if e.is_retryable() && attempt < self.inner.retries => {
                     tracing::debug!(target: "kafka_tower_registry", error = %e, attempt, "registry call failed, trying again");
-                    tokio::time::sleep(self.inner.backoff * 2u32.saturating_pow(attempt)).await;
+                    let delay = self
+                        .inner
+                        .backoff
+                        .saturating_mul(2u32.saturating_pow(attempt));
+                    tokio::time::sleep(delay.min(MAX_BACKOFF)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -755,8 +834,18 @@ impl RegistryClient {
                 detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
             });
         }
-        let bytes = res.bytes().await.map_err(|e| unavailable(describe(&e)))?;
-        Ok((status, bytes))
+        let mut res = res;
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| unavailable(describe(&e)))? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(RegistryError::Protocol {
+                    operation: operation.to_owned(),
+                    detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, bytes.freeze()))
     }
 }
 

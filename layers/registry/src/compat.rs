@@ -11,21 +11,19 @@ use crate::error::RegistryError;
 use crate::layer::RegistryLayer;
 use crate::schema::{Compiled, LocalSchema};
 
-/// A local schema that does not fit a registered version.
+/// A local reader schema that cannot read a registered version.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Incompatibility {
     /// The subject.
     pub subject: String,
-    /// The subject's compatibility rule.
+    /// The subject's compatibility rule (for the message: the check is
+    /// the same under every rule).
     pub level: CompatibilityLevel,
-    /// The registered version that does not fit.
+    /// The registered version the local schema cannot read.
     pub version: u32,
     /// Its schema id.
     pub id: u32,
-    /// `true`: the local schema cannot read data written with the
-    /// registered version; `false`: the registered version cannot read data
-    /// written with the local schema (a `FORWARD`/`FULL` rule).
-    pub local_reads: bool,
     /// The path of the first incompatible field (`customer.address.zip`),
     /// empty when the schemas differ at the top.
     pub field: String,
@@ -35,21 +33,10 @@ pub struct Incompatibility {
 
 impl fmt::Display for Incompatibility {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (reader, writer) = if self.local_reads {
-            (
-                "the local schema".to_owned(),
-                format!("version {} (id {})", self.version, self.id),
-            )
-        } else {
-            (
-                format!("version {} (id {})", self.version, self.id),
-                "the local schema".to_owned(),
-            )
-        };
         write!(
             f,
-            "subject {} ({}): {reader} cannot read data written with {writer}",
-            self.subject, self.level
+            "subject {} ({}): the local schema cannot read data written with version {} (id {})",
+            self.subject, self.level, self.version, self.id
         )?;
         if !self.field.is_empty() {
             write!(f, ": field `{}`", self.field)?;
@@ -142,14 +129,14 @@ pub(crate) fn avro_reads(
     }
 }
 
-/// Checks `local` against `subject` in the registry under the subject's
-/// rule: the local schema must read the latest version (every version for
-/// a transitive rule), and, for `FORWARD`/`FULL` rules, those versions
-/// must read the local schema. `NONE` checks that the local schema reads
-/// the latest version: what a consumer needs anyway.
+/// Checks that `local`, a consumer's reader schema, reads every version
+/// registered under `subject`: a topic still holds records of old versions,
+/// so the subject's rule (transitive or not, backward or forward) does not
+/// narrow what a reader must read.
 ///
-/// Avro is checked here, naming the first incompatible field; other
-/// formats are asked to the registry's compatibility endpoint.
+/// Avro is checked here with apache-avro's checker — only a full
+/// `can_read` counts — naming the first incompatible field; other formats
+/// are asked to the registry's compatibility endpoint.
 pub async fn check_schema(
     client: &RegistryClient,
     subject: &str,
@@ -160,29 +147,25 @@ pub async fn check_schema(
         error,
     };
     let Compiled::Avro(local_avro) = &local.compiled else {
-        return match client.check_compatibility(subject, local).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(messages)) => Err(CheckError::Refused {
+        let report = client
+            .test_compatibility(subject, local)
+            .await
+            .map_err(registry)?;
+        return if report.compatible {
+            Ok(())
+        } else {
+            Err(CheckError::Refused {
                 subject: subject.to_owned(),
-                messages,
-            }),
-            Err(e) => Err(registry(e)),
+                messages: report.messages,
+            })
         };
     };
     let level = client
         .compatibility_level(subject)
         .await
         .map_err(registry)?;
-    let latest = client.latest(subject).await.map_err(registry)?;
-    let mut versions = vec![latest.clone()];
-    if level.is_transitive() {
-        for v in client.versions(subject).await.map_err(registry)? {
-            if v != latest.version {
-                versions.push(client.version(subject, v).await.map_err(registry)?);
-            }
-        }
-    }
-    for v in versions {
+    for number in client.versions(subject).await.map_err(registry)? {
+        let v = client.version(subject, number).await.map_err(registry)?;
         let Some(registered) = v.schema.avro() else {
             return Err(CheckError::Refused {
                 subject: subject.to_owned(),
@@ -193,21 +176,16 @@ pub async fn check_schema(
                 )],
             });
         };
-        let incompatible = |local_reads, (field, reason): (String, String)| {
+        avro_reads(registered, local_avro).map_err(|(field, reason)| {
             CheckError::Incompatible(Incompatibility {
                 subject: subject.to_owned(),
                 level,
                 version: v.version,
                 id: v.id,
-                local_reads,
                 field,
                 reason,
             })
-        };
-        avro_reads(registered, local_avro).map_err(|e| incompatible(true, e))?;
-        if level.is_forward() {
-            avro_reads(local_avro, registered).map_err(|e| incompatible(false, e))?;
-        }
+        })?;
     }
     Ok(())
 }
@@ -223,9 +201,14 @@ impl RegistryLayer {
         let config = &self.inner;
         for (topic, part, reader) in config.parts() {
             let Some(reader) = reader else { continue };
-            let name = reader.record_name();
-            let Some(subject) = config.strategy().subject(topic, part, name.as_deref()) else {
-                continue;
+            let Some(subject) = config.strategy().subject(topic, part, reader.record_name()) else {
+                return Err(CheckError::Refused {
+                    subject: format!("{topic}-{part}"),
+                    messages: vec![format!(
+                        "the {:?} strategy needs a named reader schema",
+                        config.strategy()
+                    )],
+                });
             };
             check_schema(&config.client, &subject, reader).await?;
         }

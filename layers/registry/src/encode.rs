@@ -140,9 +140,8 @@ impl Encoder {
         part: Part,
         schema: &LocalSchema,
     ) -> Result<String, EncodeError> {
-        let name = schema.record_name();
         self.strategy
-            .subject(topic, part, name.as_deref())
+            .subject(topic, part, schema.record_name())
             .ok_or_else(|| {
                 EncodeError::NoSubject(format!(
                     "the {:?} strategy needs a named schema",
@@ -163,7 +162,7 @@ impl Encoder {
         Ok(if self.auto_register {
             self.client.register(&subject, schema).await?
         } else {
-            self.client.lookup(&subject, schema).await?.0
+            self.client.lookup(&subject, schema).await?.id
         })
     }
 

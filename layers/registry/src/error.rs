@@ -59,6 +59,8 @@ pub enum RegistryError {
         /// What was wrong with the answer.
         detail: String,
     },
+    /// The client's configuration is unusable: the URL, a CA certificate.
+    Config(String),
     /// A schema from the registry that cannot be used here: it does not
     /// parse, it has references, or its type is not supported.
     Unusable {
@@ -74,6 +76,14 @@ impl RegistryError {
     /// unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, RegistryError::Unavailable { .. })
+    }
+
+    /// Whether this says the registry has no schema with the id asked for
+    /// (`404` with `error_code` `40403`): the record's fault, not the
+    /// registry's. Any other `404` (a wrong base path, a proxy's default
+    /// page) is not.
+    pub fn is_unknown_schema(&self) -> bool {
+        self.is_not_found(40403)
     }
 
     /// Whether this is a `404` with the given registry `error_code`
@@ -112,6 +122,7 @@ impl fmt::Display for RegistryError {
             RegistryError::Protocol { operation, detail } => {
                 write!(f, "{operation}: unexpected answer: {detail}")
             }
+            RegistryError::Config(m) => write!(f, "schema registry client: {m}"),
             RegistryError::Unusable { id, detail } => {
                 write!(f, "schema id {id} cannot be used: {detail}")
             }

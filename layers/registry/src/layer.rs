@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -160,6 +160,10 @@ impl std::error::Error for Rejection {}
 pub(crate) struct PartConfig {
     reader: Option<LocalSchema>,
     readers: Arc<ReaderCache>,
+    /// Schema ids found registered under this part's subject, with the
+    /// subject and version: kept for good (a registration is not undone by
+    /// an outage), so an enforced subject costs one lookup per id.
+    subjects: Arc<Mutex<SubjectsById>>,
 }
 
 impl PartConfig {
@@ -167,9 +171,13 @@ impl PartConfig {
         PartConfig {
             reader,
             readers: Arc::default(),
+            subjects: Arc::default(),
         }
     }
 }
+
+/// Schema id → the subject it was found under, and its version there.
+type SubjectsById = HashMap<u32, (Arc<str>, u32), foldhash::fast::RandomState>;
 
 /// A topic's parts: `[value, key]`.
 #[derive(Clone, Default)]
@@ -198,6 +206,8 @@ pub(crate) struct Config {
     pub(crate) json_body: bool,
     pub(crate) max_body_bytes: usize,
     max_detail_len: usize,
+    max_depth: usize,
+    avro_allocation_limit: usize,
 }
 
 impl fmt::Debug for RegistryLayer {
@@ -237,13 +247,14 @@ impl RegistryLayer {
             max_body_bytes: 1024 * 1024,
             max_detail_len: 1024,
             avro_allocation_limit: DEFAULT_AVRO_ALLOCATION_LIMIT,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 
     /// apache-avro's process-wide allocation limit in force (see
     /// [`RegistryLayerBuilder::avro_allocation_limit`]).
     pub fn avro_allocation_limit(&self) -> usize {
-        apache_avro::util::max_allocation_bytes(DEFAULT_AVRO_ALLOCATION_LIMIT)
+        self.inner.avro_allocation_limit
     }
 
     /// The registry client (and its caches).
@@ -271,19 +282,18 @@ impl RegistryLayer {
         bytes: &[u8],
     ) -> Result<Decoded, Rejection> {
         let config = self.part(topic, part);
-        let reader = config.and_then(|c| c.reader.as_ref());
-        let cache = config.map(|c| &*c.readers);
-        self.decode_with(topic, part, reader, cache, bytes).await
+        self.decode_with(topic, part, config, bytes).await
     }
 
     async fn decode_with(
         &self,
         topic: &str,
         part: Part,
-        reader: Option<&LocalSchema>,
-        cache: Option<&ReaderCache>,
+        part_config: Option<&PartConfig>,
         bytes: &[u8],
     ) -> Result<Decoded, Rejection> {
+        let reader = part_config.and_then(|c| c.reader.as_ref());
+        let cache = part_config.map(|c| &*c.readers);
         let config = &self.inner;
         let (id, body) = wire::parse(bytes)
             .map_err(|e| Rejection::new(RejectKind::NotFramed, topic, part, e.to_string()))?;
@@ -296,12 +306,22 @@ impl RegistryLayer {
                 .map_err(|e| registry_rejection(e, topic, part).id(id))?,
         };
         let (subject, version) = if config.enforce_subject {
-            let (s, v) = self.check_subject(&schema, topic, part).await?;
+            let known = part_config.and_then(|c| lock(&c.subjects).get(&id).cloned());
+            let (s, v) = match known {
+                Some(found) => found,
+                None => {
+                    let found = self.check_subject(&schema, topic, part).await?;
+                    if let Some(c) = part_config {
+                        lock(&c.subjects).insert(id, found.clone());
+                    }
+                    found
+                }
+            };
             (Some(s), Some(v))
         } else {
             (None, None)
         };
-        let value = decode_body(&schema, reader, cache, body)
+        let value = decode_body(&schema, reader, cache, body, config.max_depth)
             .map_err(|(kind, detail)| Rejection::new(kind, topic, part, detail).id(id))?;
         Ok(Decoded {
             schema,
@@ -318,8 +338,11 @@ impl RegistryLayer {
         part: Part,
     ) -> Result<(Arc<str>, u32), Rejection> {
         let id = schema.id();
-        let name = schema.record_name();
-        let Some(expected) = self.inner.strategy.subject(topic, part, name.as_deref()) else {
+        let Some(expected) = self
+            .inner
+            .strategy
+            .subject(topic, part, schema.record_name())
+        else {
             return Err(Rejection::new(
                 RejectKind::SubjectMismatch,
                 topic,
@@ -413,6 +436,10 @@ impl RegistryLayer {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -425,10 +452,12 @@ fn truncate(s: &mut String, max: usize) {
 
 fn registry_rejection(e: RegistryError, topic: &str, part: Part) -> Rejection {
     let kind = match &e {
-        RegistryError::NotFound { .. } => RejectKind::UnknownSchemaId,
+        e if e.is_unknown_schema() => RejectKind::UnknownSchemaId,
         RegistryError::Unusable { .. } => RejectKind::UnsupportedSchema,
-        // Unavailable, credentials refused, a registry answering nonsense:
-        // nothing about the record; retry.
+        // Unavailable, credentials refused, a 404 that is not the
+        // registry's "no such schema" (a wrong base path, a proxy's default
+        // page), a registry answering nonsense: nothing about the record;
+        // retry.
         _ => RejectKind::RegistryUnavailable,
     };
     Rejection::new(kind, topic, part, e.to_string())
@@ -440,6 +469,7 @@ pub(crate) fn decode_body(
     reader: Option<&LocalSchema>,
     cache: Option<&ReaderCache>,
     body: &[u8],
+    max_depth: usize,
 ) -> Result<DecodedValue, (RejectKind, String)> {
     match &schema.compiled {
         Compiled::Avro(writer) => {
@@ -449,13 +479,11 @@ pub(crate) fn decode_body(
                 Some(_) => {
                     return Err((
                         RejectKind::DecodeFailed,
-                        "written in Avro, but the topic's reader schema is not Avro".into(),
+                        "written in Avro, but the topic's reader schema is JSON Schema".into(),
                     ))
                 }
             };
-            // A decoder bug must not take the partition down: a panic is a
-            // refusal of this record.
-            let decoded = catch_unwind(AssertUnwindSafe(|| {
+            let decode = || {
                 let compiled = match cache {
                     Some(c) => c.get(schema.id(), writer, reader_schema)?,
                     None => Arc::new(CompiledReader::compile(
@@ -464,35 +492,59 @@ pub(crate) fn decode_body(
                     )?),
                 };
                 compiled.read(body)
-            }));
+            };
+            if schema.recursive {
+                // The decoder recurses per level: data that nests a level
+                // per byte could exhaust the stack of whatever decodes,
+                // resolves, clones or drops it. Measured first, without
+                // recursion.
+                crate::avro::check_depth(writer, body, max_depth)
+                    .map_err(|m| (RejectKind::DecodeFailed, m))?;
+            }
+            // A decoder bug must not take the partition down: a panic is a
+            // refusal of this record.
+            let decoded = match catch_unwind(AssertUnwindSafe(decode)) {
+                Ok(r) => r.map_err(|e| avro_message(&e)),
+                Err(_) => Err("the Avro decoder panicked on this body".to_owned()),
+            };
             match decoded {
-                Ok(Ok((value, 0))) => Ok(DecodedValue::Avro(value)),
-                Ok(Ok((_, rest))) => Err((
+                Ok((value, 0)) => Ok(DecodedValue::Avro(value)),
+                Ok((_, rest)) => Err((
                     RejectKind::DecodeFailed,
                     format!(
                         "{rest} byte{} after the Avro datum",
                         if rest == 1 { "" } else { "s" }
                     ),
                 )),
-                Ok(Err(e)) => Err((RejectKind::DecodeFailed, avro_message(&e))),
-                Err(_) => Err((
-                    RejectKind::DecodeFailed,
-                    "the Avro decoder panicked on this body".into(),
-                )),
+                Err(message) => Err((RejectKind::DecodeFailed, message)),
             }
         }
         Compiled::Json(validator) => {
-            if reader.is_some_and(|r| r.schema_type != crate::SchemaType::Json) {
-                return Err((
-                    RejectKind::DecodeFailed,
-                    "written as JSON, but the topic's reader schema is Avro".into(),
-                ));
-            }
+            let reader = match reader.map(|r| &r.compiled) {
+                None => None,
+                Some(Compiled::Json(r)) => Some(r),
+                Some(_) => {
+                    return Err((
+                        RejectKind::DecodeFailed,
+                        "written as JSON, but the topic's reader schema is Avro".into(),
+                    ))
+                }
+            };
             let value: serde_json::Value = serde_json::from_slice(body)
                 .map_err(|e| (RejectKind::DecodeFailed, format!("not JSON: {e}")))?;
             validator
                 .validate_value(JSON_KEY, &value)
                 .map_err(|v| (RejectKind::Invalid, v.summary(512)))?;
+            // A JSON reader schema is what the service accepts: the record
+            // must pass it too.
+            if let Some(reader) = reader {
+                reader.validate_value(JSON_KEY, &value).map_err(|v| {
+                    (
+                        RejectKind::Invalid,
+                        format!("the reader schema: {}", v.summary(512)),
+                    )
+                })?;
+            }
             Ok(DecodedValue::Json(value))
         }
         Compiled::Protobuf => Err((
@@ -524,7 +576,11 @@ pub struct RegistryLayerBuilder {
     max_body_bytes: usize,
     max_detail_len: usize,
     avro_allocation_limit: usize,
+    max_depth: usize,
 }
+
+/// The default of [`RegistryLayerBuilder::max_depth`].
+pub const DEFAULT_MAX_DEPTH: usize = 32;
 
 /// The default of [`RegistryLayerBuilder::avro_allocation_limit`].
 pub const DEFAULT_AVRO_ALLOCATION_LIMIT: usize = 16 * 1024 * 1024;
@@ -605,10 +661,24 @@ impl RegistryLayerBuilder {
         self
     }
 
+    /// How deep the data of a recursive Avro schema (one that refers to a
+    /// named type from inside it: lists, trees) may nest, counting
+    /// records, unions, arrays and maps (default 32). Such data is
+    /// measured before it is decoded, without recursion, and deeper data is
+    /// refused (`decode_failed`): a byte per level could otherwise exhaust
+    /// the stack of whatever decodes or drops the value. Each level costs
+    /// apache-avro's decoder (and the value's conversions) about 1–3 KiB of
+    /// stack in a release build and some 35 KiB in a debug build; the
+    /// default fits a 2 MiB thread stack in both.
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
     /// The most memory one Avro string, bytes, array or map of a record
-    /// may claim (default 16 MiB). A record's few bytes can declare a
-    /// length of gigabytes; the decoder refuses it (`decode_failed`)
-    /// instead of allocating it.
+    /// may claim (default 16 MiB), for one allocation. A record's few
+    /// bytes can declare a length of gigabytes; the decoder refuses it
+    /// (`decode_failed`) instead of allocating it.
     ///
     /// The limit is apache-avro's, and process-wide: the first layer built
     /// (or anything else in the process that sets or uses it first) fixes
@@ -621,7 +691,15 @@ impl RegistryLayerBuilder {
     /// The layer. A topic and part configured twice keeps the last
     /// configuration.
     pub fn build(self) -> RegistryLayer {
-        let _ = apache_avro::util::max_allocation_bytes(self.avro_allocation_limit);
+        let limit = apache_avro::util::max_allocation_bytes(self.avro_allocation_limit);
+        if limit != self.avro_allocation_limit {
+            tracing::warn!(
+                target: "kafka_tower_registry",
+                asked = self.avro_allocation_limit,
+                in_force = limit,
+                "apache-avro's allocation limit was set before this layer was built; the earlier limit stays"
+            );
+        }
         let mut topics: HashMap<Box<str>, Parts, _> = HashMap::default();
         for ((topic, part), config) in self.topics {
             topics.entry(topic.into_boxed_str()).or_default().0[slot(part)] = Some(config);
@@ -635,6 +713,8 @@ impl RegistryLayerBuilder {
                 json_body: self.json_body,
                 max_body_bytes: self.max_body_bytes,
                 max_detail_len: self.max_detail_len,
+                max_depth: self.max_depth,
+                avro_allocation_limit: limit,
             }),
         }
     }

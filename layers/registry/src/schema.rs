@@ -64,6 +64,8 @@ pub(crate) enum Compiled {
 pub struct RegisteredSchema {
     id: u32,
     text: Arc<str>,
+    name: Option<Arc<str>>,
+    pub(crate) recursive: bool,
     pub(crate) compiled: Compiled,
 }
 
@@ -95,6 +97,8 @@ impl RegisteredSchema {
         Ok(RegisteredSchema {
             id,
             text: text.into(),
+            name: name_of(&compiled, text).map(Arc::from),
+            recursive: is_recursive(&compiled),
             compiled,
         })
     }
@@ -129,16 +133,51 @@ impl RegisteredSchema {
     /// The Avro full name of a named Avro schema (a record, enum or fixed),
     /// the `title` of a JSON Schema: what the record-name subject
     /// strategies use.
-    pub fn record_name(&self) -> Option<String> {
-        match &self.compiled {
-            Compiled::Avro(s) => s.name().map(|n| n.fullname(None)),
-            Compiled::Json(_) => serde_json::from_str::<serde_json::Value>(&self.text)
-                .ok()?
-                .get("title")?
-                .as_str()
-                .map(str::to_owned),
-            Compiled::Protobuf => None,
+    pub fn record_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+/// The Avro full name, or a JSON Schema's `title`.
+fn name_of(compiled: &Compiled, text: &str) -> Option<String> {
+    match compiled {
+        Compiled::Avro(s) => s.name().map(|n| n.fullname(None)),
+        Compiled::Json(_) => serde_json::from_str::<serde_json::Value>(text)
+            .ok()?
+            .get("title")?
+            .as_str()
+            .map(str::to_owned),
+        Compiled::Protobuf => None,
+    }
+}
+
+/// Whether an Avro schema refers to a named type from inside it (a linked
+/// list, a tree): its data can nest as deep as its bytes allow.
+fn is_recursive(compiled: &Compiled) -> bool {
+    use apache_avro::Schema as S;
+    fn walk<'a>(
+        s: &'a apache_avro::Schema,
+        enclosing: &mut Vec<&'a apache_avro::schema::Name>,
+    ) -> bool {
+        match s {
+            S::Ref { name } => enclosing
+                .iter()
+                .any(|n| n.fullname(None) == name.fullname(None)),
+            S::Record(r) => {
+                enclosing.push(&r.name);
+                let found = r.fields.iter().any(|f| walk(&f.schema, enclosing));
+                enclosing.pop();
+                found
+            }
+            S::Array(a) => walk(&a.items, enclosing),
+            S::Map(m) => walk(&m.types, enclosing),
+            S::Union(u) => u.variants().iter().any(|v| walk(v, enclosing)),
+            _ => false,
         }
+    }
+    match compiled {
+        Compiled::Avro(s) => walk(s, &mut Vec::new()),
+        _ => false,
     }
 }
 
@@ -159,7 +198,7 @@ fn compile_json(text: &str) -> Result<JsonSchemaLayer, String> {
 ///
 /// let order = LocalSchema::avro(r#"{"type":"record","name":"Order","namespace":"shop",
 ///     "fields":[{"name":"id","type":"string"}]}"#)?;
-/// assert_eq!(order.record_name().as_deref(), Some("shop.Order"));
+/// assert_eq!(order.record_name(), Some("shop.Order"));
 /// assert!(LocalSchema::avro("{").is_err());
 /// # Ok::<(), kafka_tower_registry::SchemaError>(())
 /// ```
@@ -167,6 +206,7 @@ fn compile_json(text: &str) -> Result<JsonSchemaLayer, String> {
 pub struct LocalSchema {
     pub(crate) schema_type: SchemaType,
     pub(crate) text: Arc<str>,
+    name: Option<Arc<str>>,
     pub(crate) compiled: Compiled,
 }
 
@@ -202,21 +242,25 @@ impl LocalSchema {
         // Sent as given: the parsing canonical form would drop defaults,
         // which compatibility checks need. Registries dedup by canonical
         // form themselves.
+        let compiled = Compiled::Avro(Arc::new(schema));
         Ok(LocalSchema {
             schema_type: SchemaType::Avro,
             text: text.trim().into(),
-            compiled: Compiled::Avro(Arc::new(schema)),
+            name: name_of(&compiled, text).map(Arc::from),
+            compiled,
         })
     }
 
     /// A JSON Schema document.
     pub fn json(schema: &serde_json::Value) -> Result<LocalSchema, SchemaError> {
         let text = schema.to_string();
-        let compiled = compile_json(&text).map_err(|message| SchemaError { message })?;
+        let compiled =
+            Compiled::Json(compile_json(&text).map_err(|message| SchemaError { message })?);
         Ok(LocalSchema {
             schema_type: SchemaType::Json,
+            name: name_of(&compiled, &text).map(Arc::from),
             text: text.into(),
-            compiled: Compiled::Json(compiled),
+            compiled,
         })
     }
 
@@ -258,15 +302,7 @@ impl LocalSchema {
     }
 
     /// The Avro full name, or a JSON Schema's `title`.
-    pub fn record_name(&self) -> Option<String> {
-        match &self.compiled {
-            Compiled::Avro(s) => s.name().map(|n| n.fullname(None)),
-            Compiled::Json(_) => serde_json::from_str::<serde_json::Value>(&self.text)
-                .ok()?
-                .get("title")?
-                .as_str()
-                .map(str::to_owned),
-            Compiled::Protobuf => None,
-        }
+    pub fn record_name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 }

@@ -24,11 +24,21 @@ const V2: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":
     {"name":"tags","type":{"type":"array","items":"string"}},
     {"name":"currency","type":"string","default":"EUR"}]}"#;
 
+/// A loopback port nothing listens on: bound, then let go.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A client whose cache holds V1 as id 1, a JSON Schema as id 2, a
-/// Protobuf schema as id 3; it points at a port nothing listens on, so an
+/// Protobuf schema as id 3, a recursive Avro schema (a list) as id 5; it
+/// points at a port nothing listens on, so an
 /// uncached id is "registry unavailable".
 fn client() -> RegistryClient {
-    let c = RegistryClient::builder("http://127.0.0.1:9")
+    let c = RegistryClient::builder(format!("http://127.0.0.1:{}", closed_port()))
         .retries(0, std::time::Duration::ZERO)
         .build()
         .unwrap();
@@ -41,6 +51,7 @@ fn client() -> RegistryClient {
     .unwrap();
     c.insert_schema(3, SchemaType::Protobuf, "syntax = \"proto3\"; message M {}")
         .unwrap();
+    c.insert_schema(5, SchemaType::Avro, LIST).unwrap();
     c
 }
 
@@ -290,9 +301,8 @@ proptest! {
     /// No bytes make the layer panic: anything after a known id decodes or
     /// is refused.
     #[test]
-    fn no_input_panics(id in 1u32..=3, body in proptest::collection::vec(any::<u8>(), 0..64)) {
+    fn no_input_panics(id in prop::sample::select(vec![1u32, 2, 3, 5]), body in proptest::collection::vec(any::<u8>(), 0..64)) {
         let (rt, layer, as_v2) = &*SHARED;
-        assert_eq!(layer.avro_allocation_limit(), kafka_tower_registry::DEFAULT_AVRO_ALLOCATION_LIMIT);
         rt.block_on(async {
             for l in [layer, as_v2] {
                 match decode(l, &wire::frame(id, &body)).await {
@@ -313,4 +323,169 @@ proptest! {
         let d = rt.block_on(decode(layer, &framed)).unwrap();
         prop_assert_eq!(d.to_json().unwrap(), json!({"id": id, "qty": qty, "tags": tags}));
     }
+}
+
+/// A one-answer HTTP server: answers every request with `status` and
+/// `body`, and keeps each request's head.
+struct FakeRegistry {
+    url: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn fake_registry(status: u16, body: &'static str) -> FakeRegistry {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..read]).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    FakeRegistry { url, heads }
+}
+
+fn behind(fake: &FakeRegistry) -> RegistryClient {
+    RegistryClient::builder(&fake.url)
+        .retries(0, std::time::Duration::ZERO)
+        .basic_auth("svc", "pa:ss")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_registrys_own_not_found_makes_an_id_unknown() {
+    let body = wire::frame(7, b"");
+    // The registry's "schema not found": the record's fault, remembered.
+    let fake = fake_registry(
+        404,
+        r#"{"error_code":40403,"message":"Schema 7 not found"}"#,
+    )
+    .await;
+    let layer = RegistryLayer::builder(behind(&fake))
+        .value("orders")
+        .build();
+    for _ in 0..3 {
+        let r = decode(&layer, &body).await.unwrap_err();
+        assert_eq!(r.kind(), RejectKind::UnknownSchemaId, "{r}");
+    }
+    assert_eq!(
+        layer.client().schema_fetches(),
+        1,
+        "a missing id is remembered"
+    );
+    let head = fake.heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /schemas/ids/7 "), "{head}");
+    // Basic auth sent as configured: base64("svc:pa:ss").
+    assert!(head.contains("authorization: Basic c3ZjOnBhOnNz"), "{head}");
+
+    // A bare 404 (a wrong base path, a proxy's page) or a refused
+    // credential is not the record's fault: retryable, and not remembered.
+    for (status, answer) in [(404, "<html>no</html>"), (401, r#"{"message":"no"}"#)] {
+        let fake = fake_registry(status, answer).await;
+        let layer = RegistryLayer::builder(behind(&fake))
+            .value("orders")
+            .build();
+        for _ in 0..2 {
+            let r = decode(&layer, &body).await.unwrap_err();
+            assert_eq!(r.kind(), RejectKind::RegistryUnavailable, "{status}: {r}");
+        }
+        assert_eq!(layer.client().schema_fetches(), 2, "{status}: asked again");
+    }
+}
+
+#[tokio::test]
+async fn credentials_never_show() {
+    let builder = RegistryClient::builder("https://user:secret-pw@registry.test/apis")
+        .bearer_token("tok-123");
+    let shown = format!("{builder:?}");
+    assert!(
+        !shown.contains("secret-pw") && !shown.contains("tok-123"),
+        "{shown}"
+    );
+    let client = builder.build().unwrap();
+    let shown = format!("{client:?} {}", client.url());
+    assert!(
+        !shown.contains("secret-pw") && !shown.contains("tok-123"),
+        "{shown}"
+    );
+    let only_password = RegistryClient::builder("http://:pw-only@registry.test")
+        .build()
+        .unwrap();
+    assert!(!format!("{only_password:?} {}", only_password.url()).contains("pw-only"));
+}
+
+/// A linked list: a record whose `next` is null or another node.
+const LIST: &str = r#"{"type":"record","name":"Node","fields":[
+    {"name":"next","type":["null","Node"]}]}"#;
+
+/// A list `depth` nodes long: one byte (union branch 1) per node, then the
+/// null branch.
+fn list_body(depth: usize) -> Vec<u8> {
+    let mut body = vec![2u8; depth - 1];
+    body.push(0);
+    body
+}
+
+#[tokio::test]
+async fn deep_recursive_data_is_refused_without_exhausting_the_stack() {
+    let c = client();
+    c.insert_schema(10, SchemaType::Avro, LIST).unwrap();
+    let layer = RegistryLayer::builder(c).value("orders").build();
+    // A record and a union per node, and the final null: 15 nodes nest 31
+    // levels, within the default 32.
+    let shallow = decode(&layer, &wire::frame(10, &list_body(15)))
+        .await
+        .unwrap();
+    assert_eq!(shallow.schema_id(), 10);
+    for depth in [16, 1_000_000] {
+        // A million levels would overflow any thread's stack if decoded.
+        let r = decode(&layer, &wire::frame(10, &list_body(depth)))
+            .await
+            .unwrap_err();
+        assert_eq!(r.kind(), RejectKind::DecodeFailed);
+        assert!(r.detail().contains("levels deep"), "{r}");
+    }
+    // Truncated, and a branch that does not exist: refused, not misread.
+    let r = decode(&layer, &wire::frame(10, &[2, 2])).await.unwrap_err();
+    assert!(r.detail().contains("ends inside"), "{r}");
+    let r = decode(&layer, &wire::frame(10, &[4])).await.unwrap_err();
+    assert!(r.detail().contains("branch 2"), "{r}");
+    // An array of a billion nulls declared in a few bytes: refused.
+    let c = client();
+    c.insert_schema(
+        11,
+        SchemaType::Avro,
+        r#"{"type":"record","name":"T","fields":[{"name":"t","type":["null","T"]},
+            {"name":"n","type":{"type":"array","items":"null"}}]}"#,
+    )
+    .unwrap();
+    let layer = RegistryLayer::builder(c).value("orders").build();
+    let r = decode(
+        &layer,
+        &wire::frame(11, &[0, 0x80, 0xa8, 0xd6, 0xb9, 0x07, 0]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(r.kind(), RejectKind::DecodeFailed, "{r}");
 }

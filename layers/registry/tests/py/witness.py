@@ -83,7 +83,7 @@ def main():
         polls = 0
         while seen < count:
             polls += 1
-            if polls > 600:
+            if polls > 900:
                 sys.exit(f"only {seen} of {count} records in time")
             msg = consumer.poll(0.1)
             if msg is None:
