@@ -244,36 +244,10 @@ status() {
   fi
 }
 
-users_alive() {
-  local pid
-  [ -f "$DIR/users" ] || return 1
-  while read -r pid; do
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 0; fi
-  done < "$DIR/users"
-  return 1
-}
-
-reap() {
-  local grace="${1:-30}" idle=0
-  while true; do
-    sleep 1
-    [ -f "$DIR/registry.pid" ] || exit 0
-    if users_alive; then idle=0; continue; fi
-    idle=$((idle + 1))
-    [ "$idle" -ge "$grace" ] || continue
-    # Under the lock a joining test process takes (flock, as Rust's
-    # File::lock): none can register while the registry is being stopped.
-    exec 9>>"$DIR/lock"
-    flock 9
-    if ! users_alive; then
-      stop
-      rm -f "$DIR/users" "$DIR/addresses"
-      exit 0
-    fi
-    flock -u 9
-    idle=0
-  done
-}
+# users_alive and reap (the test kit's own service).
+PID_FILE=registry.pid
+# shellcheck source=scripts/reap.sh
+. "$ROOT/scripts/reap.sh"
 
 case "${1:-}" in
   fetch) fetch ;;

@@ -66,7 +66,7 @@ impl ReaderCache {
         writer: &Arc<Schema>,
         reader: Option<&Arc<Schema>>,
     ) -> Result<Arc<CompiledReader>, apache_avro::Error> {
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut readers = crate::lock(&self.readers);
         if let Some(r) = readers.get(&id) {
             return Ok(r.clone());
         }

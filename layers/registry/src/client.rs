@@ -387,11 +387,8 @@ struct VersionAnswer {
     subject: String,
     version: u32,
     id: u32,
-    schema: String,
-    #[serde(rename = "schemaType")]
-    schema_type: Option<String>,
-    #[serde(default)]
-    references: Vec<serde_json::Value>,
+    #[serde(flatten)]
+    schema: SchemaAnswer,
 }
 
 #[derive(Deserialize)]
@@ -436,9 +433,7 @@ fn path_segment(s: &str) -> String {
     out
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 impl RegistryClient {
     /// Starts a configuration for the registry at `url` (e.g.
@@ -516,9 +511,7 @@ impl RegistryClient {
                 self.remembered_failure(id)?;
                 self.inner.schema_fetches.fetch_add(1, Ordering::Relaxed);
                 let answer: Result<SchemaAnswer, _> = self.get(&format!("/schemas/ids/{id}")).await;
-                let compiled = answer.and_then(|a| {
-                    compile(id, a.schema_type.as_deref(), &a.schema, &a.references).map(Arc::new)
-                });
+                let compiled = answer.and_then(|a| compile(id, &a).map(Arc::new));
                 if let Err(e) = &compiled {
                     self.remember_failure(id, e);
                 }
@@ -633,12 +626,7 @@ impl RegistryClient {
         let schema = match self.cached(a.id) {
             Some(s) => s,
             None => {
-                let s = Arc::new(compile(
-                    a.id,
-                    a.schema_type.as_deref(),
-                    &a.schema,
-                    &a.references,
-                )?);
+                let s = Arc::new(compile(a.id, &a.schema)?);
                 let cell = lock(&self.inner.ids).entry(a.id).or_default().clone();
                 let _ = cell.set(s.clone());
                 s
@@ -875,13 +863,9 @@ fn schema_body(schema: &LocalSchema) -> serde_json::Value {
     }
 }
 
-fn compile(
-    id: u32,
-    schema_type: Option<&str>,
-    text: &str,
-    references: &[serde_json::Value],
-) -> Result<RegisteredSchema, RegistryError> {
-    if !references.is_empty() {
+fn compile(id: u32, answer: &SchemaAnswer) -> Result<RegisteredSchema, RegistryError> {
+    let (schema_type, text) = (answer.schema_type.as_deref(), &answer.schema);
+    if !answer.references.is_empty() {
         return Err(RegistryError::Unusable {
             id,
             detail: "schemas with references are not supported".into(),

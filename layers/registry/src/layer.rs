@@ -15,6 +15,7 @@ use crate::avro::{CompiledReader, ReaderCache};
 use crate::client::RegistryClient;
 use crate::decoded::{Decoded, DecodedValue};
 use crate::error::RegistryError;
+use crate::lock;
 use crate::schema::{Compiled, LocalSchema, RegisteredSchema, JSON_KEY};
 use crate::service::Registry;
 use crate::subject::{Part, SubjectNameStrategy};
@@ -434,10 +435,6 @@ impl RegistryLayer {
             format!("the body could not be read: {e}"),
         )
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn truncate(s: &mut String, max: usize) {

@@ -114,3 +114,9 @@ pub use layer::{
 pub use schema::{LocalSchema, RegisteredSchema, SchemaError, SchemaType};
 pub use service::{Registry, ResponseFuture};
 pub use subject::{Part, SubjectNameStrategy};
+
+/// Locks `m`, also after a panic elsewhere left it poisoned: every map
+/// behind these locks is a cache that a half-done update cannot break.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -37,6 +37,21 @@ fn client() -> RegistryClient {
         .unwrap()
 }
 
+/// `order` encoded with ORDER_V1, registered under `topic`'s value subject.
+async fn order_v1(topic: &str, order: serde_json::Value) -> Bytes {
+    Encoder::builder(client())
+        .auto_register(true)
+        .build()
+        .encode(
+            topic,
+            Part::Value,
+            &LocalSchema::avro(ORDER_V1).unwrap(),
+            &order,
+        )
+        .await
+        .unwrap()
+}
+
 /// Runs `command` to its end, killing it if it runs longer than the
 /// test kit's wait.
 fn with_deadline(command: &mut Command) -> std::process::Output {
@@ -499,18 +514,7 @@ async fn proxy() -> Proxy {
 async fn a_registry_outage_is_retried_and_nothing_is_dead_lettered() {
     let topic = kit::unique("reg-outage");
     kit::create_topic_with_dlq(&topic, 1).await;
-    let v1 = LocalSchema::avro(ORDER_V1).unwrap();
-    let payload = Encoder::builder(client())
-        .auto_register(true)
-        .build()
-        .encode(
-            &topic,
-            Part::Value,
-            &v1,
-            &json!({"id": "o-1", "total": 2.5}),
-        )
-        .await
-        .unwrap();
+    let payload = order_v1(&topic, json!({"id": "o-1", "total": 2.5})).await;
     kit::produce(&topic, [Rec::payload(payload)]).await;
 
     // The service's client knows nothing and reaches the registry only
@@ -635,18 +639,7 @@ async fn protobuf_records_are_refused_as_unsupported_not_misread() {
 #[tokio::test]
 async fn ten_thousand_records_with_one_id_make_one_fetch() {
     let topic = kit::unique("reg-cache");
-    let v1 = LocalSchema::avro(ORDER_V1).unwrap();
-    let payload = Encoder::builder(client())
-        .auto_register(true)
-        .build()
-        .encode(
-            &topic,
-            Part::Value,
-            &v1,
-            &json!({"id": "o-1", "total": 1.0}),
-        )
-        .await
-        .unwrap();
+    let payload = order_v1(&topic, json!({"id": "o-1", "total": 1.0})).await;
     // A fresh client (an empty cache) that sends each request once: one
     // slow answer must not become a second request.
     let fresh = RegistryClient::builder(kit::registry_url())
