@@ -112,7 +112,12 @@ where
                 },
             };
         }
-        let topic = topic.to_owned();
+        // The record's own topic name (a reference count), else a copy of
+        // the route's first path segment.
+        let topic: std::sync::Arc<str> = match req.extensions().get::<RecordMeta>() {
+            Some(meta) => meta.topic_arc().clone(),
+            None => topic.into(),
+        };
         // The ready service is used after decoding; leave a clone.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);

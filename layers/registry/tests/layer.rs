@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use kafka_tower::{RecordBody, RecordMeta, Refusal};
+use http::{Request, Response, StatusCode};
+use kafka_tower::{ConsumedRecord, RecordBody, Refusal};
 use kafka_tower_registry::{
     wire, Decoded, DecodedKey, LocalSchema, Part, RegistryClient, RegistryLayer, RejectKind,
     Rejection, SchemaType,
@@ -169,20 +169,13 @@ fn service(
     }))
 }
 
+/// A record of `topic` as the runtime maps it.
 fn record(topic: &str, key: Option<Bytes>, payload: Option<Bytes>) -> Request<RecordBody> {
-    let method = if payload.is_some() {
-        Method::POST
-    } else {
-        Method::DELETE
-    };
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("/{topic}"))
-        .body(RecordBody::new(payload))
-        .unwrap();
-    req.extensions_mut()
-        .insert(RecordMeta::new(topic, 0, 0).with_key(key));
-    req
+    ConsumedRecord::builder(topic, 0, 0)
+        .key(key)
+        .payload(payload)
+        .build()
+        .into_request(None, 1)
 }
 
 async fn answer(

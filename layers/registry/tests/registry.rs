@@ -128,6 +128,17 @@ fn capturing(
     })
 }
 
+/// A consumer of `topic` serving `layer` over [`capturing`] in the
+/// background; what it sees arrives on the receiver.
+fn serve(topic: &str, layer: RegistryLayer) -> (kit::Running, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let running = kit::spawn(
+        kit::consumer(&kit::unique("g"), &[topic]).build().unwrap(),
+        layer.layer(capturing(tx)),
+    );
+    (running, rx)
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(kit::WAIT, rx.recv())
         .await
@@ -199,11 +210,7 @@ async fn confluent_avro_records_are_decoded_and_read_as_the_new_version() {
         .check_compatibility()
         .await
         .expect("v2 reads every registered version");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let running = kit::spawn(
-        kit::consumer(&kit::unique("g"), &[&topic]).build().unwrap(),
-        layer.layer(capturing(tx)),
-    );
+    let (running, mut rx) = serve(&topic, layer);
     let mut seen = Vec::new();
     for _ in 0..4 {
         seen.push(next(&mut rx).await);
@@ -439,11 +446,7 @@ async fn bad_records_are_dead_lettered_with_the_reason_and_the_partition_moves_o
         .value(&topic)
         .enforce_subject(true)
         .build();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let running = kit::spawn(
-        kit::consumer(&kit::unique("g"), &[&topic]).build().unwrap(),
-        layer.layer(capturing(tx)),
-    );
+    let (running, mut rx) = serve(&topic, layer);
     let (decoded, _, body) = next(&mut rx).await;
     assert_eq!(decoded.unwrap().schema_id(), id);
     assert_eq!(body, good, "the body is passed on as received");
@@ -527,10 +530,8 @@ async fn a_registry_outage_is_retried_and_nothing_is_dead_lettered() {
     let layer = RegistryLayer::builder(behind_proxy.clone())
         .value(&topic)
         .build();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let consumer = kit::consumer(&kit::unique("g"), &[&topic]).build().unwrap();
-    let stats = consumer.stats();
-    let running = kit::spawn(consumer, layer.layer(capturing(tx)));
+    let (running, mut rx) = serve(&topic, layer);
+    let stats = running.stats.clone();
     // Several attempts meet the outage (more than the policy's 3 attempts:
     // the record holds its partition instead of being dead-lettered) …
     let mut refused = proxy.refused_tx.subscribe();
@@ -579,11 +580,7 @@ async fn json_schema_subjects_through_the_registry() {
         .enforce_subject(true)
         .json_body(true)
         .build();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let running = kit::spawn(
-        kit::consumer(&kit::unique("g"), &[&topic]).build().unwrap(),
-        layer.layer(capturing(tx)),
-    );
+    let (running, mut rx) = serve(&topic, layer);
     let (decoded, _, body) = next(&mut rx).await;
     let letters = dead_letters(&topic, 1).await;
     running.stop().await;
@@ -621,11 +618,7 @@ async fn protobuf_records_are_refused_as_unsupported_not_misread() {
     ]);
     let id: u32 = printed.trim().parse().unwrap();
     let layer = RegistryLayer::builder(client()).value(&topic).build();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let running = kit::spawn(
-        kit::consumer(&kit::unique("g"), &[&topic]).build().unwrap(),
-        layer.layer(capturing(tx)),
-    );
+    let (running, _rx) = serve(&topic, layer);
     let letters = dead_letters(&topic, 1).await;
     running.stop().await;
     assert_eq!(letters[0].reason.as_deref(), Some("unsupported_schema"));
@@ -664,14 +657,10 @@ async fn ten_thousand_records_with_one_id_make_one_fetch() {
     // 100 concurrent waves of 100: the first wave's misses share one fetch.
     for wave in 0..100 {
         let calls = (0..100).map(|i| {
-            let mut req = Request::post(format!("/{topic}"))
-                .body(RecordBody::from(payload.clone()))
-                .unwrap();
-            req.extensions_mut().insert(kafka_tower::RecordMeta::new(
-                topic.as_str(),
-                0,
-                wave * 100 + i,
-            ));
+            let req = kafka_tower::ConsumedRecord::builder(topic.as_str(), 0, wave * 100 + i)
+                .payload(Some(payload.clone()))
+                .build()
+                .into_request(None, 1);
             service.clone().oneshot(req)
         });
         for res in futures_join_all(calls).await {
