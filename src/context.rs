@@ -93,15 +93,24 @@ tokio::task_local! {
 #[derive(Debug, Clone)]
 pub struct ContextConfig {
     names: Vec<HeaderName>,
+    /// Bit `n` is set when a name is `n` bytes long (names of 64 bytes or
+    /// more set bit 63): most headers of a record are not propagated, and
+    /// this rules them out without comparing names.
+    lengths: u64,
     generate_correlation_id: bool,
 }
 
 impl Default for ContextConfig {
     fn default() -> Self {
-        ContextConfig {
-            names: DEFAULT_HEADERS.to_vec(),
+        let mut config = ContextConfig {
+            names: Vec::new(),
+            lengths: 0,
             generate_correlation_id: true,
+        };
+        for name in DEFAULT_HEADERS {
+            config = config.with_header(name);
         }
+        config
     }
 }
 
@@ -114,6 +123,7 @@ impl ContextConfig {
     /// Also propagates `name` (e.g. `x-tenant-id`).
     pub fn with_header(mut self, name: HeaderName) -> Self {
         if !self.names.contains(&name) {
+            self.lengths |= length_bit(name.as_str().len());
             self.names.push(name);
         }
         self
@@ -137,10 +147,18 @@ impl ContextConfig {
     }
 
     fn is_propagated(&self, key: &[u8]) -> Option<&HeaderName> {
+        if self.lengths & length_bit(key.len()) == 0 {
+            return None;
+        }
         self.names
             .iter()
             .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(key))
     }
+}
+
+/// The bit of [`ContextConfig::lengths`] for a name of `len` bytes.
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// A header of the context whose value HTTP cannot carry (CR, LF, NUL or

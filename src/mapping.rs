@@ -159,12 +159,13 @@ impl ConsumedRecord {
             .map_err(|(_, e)| e)
     }
 
-    /// As [`ConsumedRecord::try_into_request_with_uri`], taking the header
-    /// names from `names` (the runtime keeps one cache per partition lane,
-    /// so a name seen before costs no allocation).
+    /// As [`ConsumedRecord::try_into_request_with_uri`], for a record the
+    /// caller keeps (the runtime builds a request per attempt), taking the
+    /// header names from `names` (the runtime keeps one cache per partition
+    /// lane, so a name seen before costs no allocation).
     #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
-    pub(crate) fn try_into_request_cached(
-        self,
+    pub(crate) fn try_request_cached(
+        &self,
         uri: Uri,
         group: Option<Arc<str>>,
         attempt: u32,
@@ -178,7 +179,7 @@ impl ConsumedRecord {
     /// the headers that fit, and the error.
     #[allow(clippy::result_large_err)]
     fn build_request(
-        self,
+        &self,
         uri: Uri,
         group: Option<Arc<str>>,
         attempt: u32,
@@ -190,7 +191,7 @@ impl ConsumedRecord {
         } else {
             Method::POST
         };
-        let mut req = Request::new(RecordBody::new(self.payload));
+        let mut req = Request::new(RecordBody::new(self.payload.clone()));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let map = req.headers_mut();
@@ -219,7 +220,7 @@ impl ConsumedRecord {
         let count = self.headers.len();
         let ext = req.extensions_mut();
         ext.insert(meta);
-        ext.insert(self.headers);
+        ext.insert(self.headers.clone());
         if full {
             let error = MappingError::TooManyHeaders {
                 count,
@@ -538,8 +539,7 @@ mod tests {
         let mut cache = HeaderNameCache::default();
         for _ in 0..2 {
             let cached = record
-                .clone()
-                .try_into_request_cached(topic_uri("orders"), None, 1, &mut cache)
+                .try_request_cached(topic_uri("orders"), None, 1, &mut cache)
                 .unwrap();
             let plain = record
                 .clone()

@@ -93,7 +93,7 @@ impl RequestTarget {
         attempt: u32,
     ) -> Result<Request<RecordBody>, MappingError> {
         let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
-        record.clone().try_into_request_cached(
+        record.try_request_cached(
             self.uri.clone(),
             Some(self.group.clone()),
             attempt,

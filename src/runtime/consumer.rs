@@ -1,6 +1,6 @@
 //! The consumer runtime: [`Consumer`] and its builder.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -27,7 +27,7 @@ use super::lane::{
     run_lane, Batches, Bell, InFlightLimit, LaneControl, LaneShared, LaneWork, RecordSource,
     Records, TopicPartition,
 };
-use super::native::to_consumed_record;
+use super::native::{PoppedMessage, QueueRef};
 use super::service::{BatchService, RecordService};
 use super::stats::RuntimeStats;
 use crate::{BoxError, ConsumedRecord};
@@ -54,10 +54,11 @@ use crate::{BoxError, ConsumedRecord};
 ///   simply stops draining. The records held in memory are at most, per
 ///   partition, what librdkafka prefetches — `queued.min.messages` records
 ///   or `queued.max.messages.kbytes` (the runtime sets 5,000 and 2,048 KiB
-///   per partition, `fetch.queue.backoff.ms` to 10 and `fetch.wait.max.ms`
-///   to 100, unless configured)
+///   per partition, `fetch.queue.backoff.ms` to 1 and `fetch.wait.max.ms`
+///   to 25, unless configured)
 ///   plus one fetch — and what the lane
-///   took: the record being served (partition mode) or up to
+///   took: up to 32 messages taken off the queue in one call and not
+///   served yet, the record being served (partition mode) or up to
 ///   `buffer_per_partition` look-ahead records (key mode). A lane busy
 ///   without finishing a record for `pause_after` has its partition paused,
 ///   which drops the partition's prefetched records until it moves again;
@@ -421,13 +422,15 @@ impl Consumer {
             exits: Bell::default(),
         });
         let lane_shared = shared.clone();
-        let spawn_lane: SpawnLane = Box::new(move |tp, queue, ctl| {
+        let spawn_lane: SpawnLane = Box::new(move |tp, queue, native, ctl| {
             let wake = Arc::new(Notify::new());
             let mut queue = queue;
             let notify = wake.clone();
             queue.set_nonempty_callback(move || notify.notify_one());
             let source = PartitionFeed {
-                queue,
+                popped: VecDeque::new(),
+                native,
+                _queue: queue,
                 // The lane's own copy: each record holds it, and a
                 // reference count that only this lane's thread touches
                 // stays in its cache.
@@ -459,19 +462,23 @@ impl Consumer {
         // apply per partition, so the defaults (100,000 records, 64 MiB)
         // would allow that much for every partition (about 1 GiB of RSS
         // for 16 partitions in the end-to-end bench). With these, a
-        // partition that reached its limit is fetched again after 10 ms,
-        // not librdkafka's default 1 s, which starved the lanes (112k
-        // records/s against 167k with 10 ms, same limits otherwise).
-        // And a fetch waits at most 100 ms for data instead of librdkafka's
-        // 500 ms: with per-partition queues, 500 ms capped the end-to-end
-        // bench at ~145k records/s with the consumer process half idle;
-        // 100 ms (as 10 or 50) gave ~300k, CPU-bound (the raw loop, on one
-        // queue, is not affected either way). A caught-up consumer sends a
-        // fetch every 100 ms per broker instead of every 500 ms.
+        // partition that reached its limit is fetched again after 1 ms
+        // (a local check, no request), not librdkafka's default 1 s, which
+        // starved the lanes (112k records/s against 167k with 10 ms, same
+        // limits otherwise).
+        // And a fetch waits at most 25 ms for data instead of librdkafka's
+        // 500 ms. A fetch in flight for partitions that are caught up
+        // waits that long on the broker, and a partition whose queue
+        // drained meanwhile is not fetched before it returns: 500 ms capped
+        // the end-to-end bench at ~145k records/s with the consumer process
+        // half idle; 100 ms gave ~540k and 25 ms (with the 1 ms backoff)
+        // ~620k in the same runs (the raw loop, on one queue, is not
+        // affected). A caught-up consumer sends a fetch every 25 ms per
+        // broker instead of every 500 ms.
         cc.set("queued.min.messages", "5000")
             .set("queued.max.messages.kbytes", "2048")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.queue.backoff.ms", "1")
+            .set("fetch.wait.max.ms", "25");
         for (k, v) in &config.properties {
             cc.set(k, &v.0);
         }
@@ -521,23 +528,46 @@ type SpawnLane = Box<
     dyn FnMut(
             TopicPartition,
             PartitionQueue<RuntimeContext>,
+            QueueRef,
             Arc<LaneControl>,
         ) -> tokio::task::JoinHandle<()>
         + Send,
 >;
 
-/// A partition's own librdkafka queue, drained by its lane.
+/// A partition's own librdkafka queue, drained by its lane in batches of
+/// up to [`PartitionFeed::BATCH`] messages: one call into librdkafka per
+/// batch. Messages taken and not served yet stay librdkafka's (they are
+/// not copied until served); a lane that stops drops them, and their
+/// offsets, never committed, are delivered again.
 struct PartitionFeed {
-    queue: PartitionQueue<RuntimeContext>,
+    // Field order is drop order: the messages and the queue reference go
+    // back to librdkafka before `_queue`, which holds the consumer (the
+    // last reference may be this one).
+    popped: VecDeque<PoppedMessage>,
+    native: QueueRef,
+    /// rdkafka's handle of the split queue: keeps the non-empty callback
+    /// registered and the consumer alive.
+    _queue: PartitionQueue<RuntimeContext>,
     topic: Arc<str>,
+}
+
+impl PartitionFeed {
+    /// Messages taken from librdkafka at once. Small enough that a lane
+    /// holds little beyond librdkafka's own per-partition limits, large
+    /// enough that the call's cost (a lock, two clock reads) is spread.
+    const BATCH: usize = 32;
 }
 
 impl RecordSource for PartitionFeed {
     fn next_ready(&mut self) -> Option<ConsumedRecord> {
         loop {
-            match self.queue.poll(Duration::ZERO)? {
-                Ok(msg) => return Some(to_consumed_record(&msg, self.topic.clone())),
-                Err(e) => {
+            if self.popped.is_empty() && self.native.pop_batch(&mut self.popped, Self::BATCH) == 0 {
+                return None;
+            }
+            let msg = self.popped.pop_front()?;
+            match msg.error() {
+                None => return Some(msg.to_record(self.topic.clone())),
+                Some(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "partition queue error");
                 }
             }
@@ -662,9 +692,16 @@ impl ConsumerContext for RuntimeContext {
                     if st.partitions.contains_key(&tp) {
                         continue;
                     }
-                    match consumer.split_partition_queue(&tp.0, tp.1) {
-                        Some(queue) => {
-                            st.add_partition(tp, queue);
+                    let queue = consumer.split_partition_queue(&tp.0, tp.1);
+                    // SAFETY: the client is live (`consumer` holds it), and
+                    // the reference is kept with `queue`, which holds the
+                    // client until after the reference is dropped (see
+                    // `PartitionFeed`).
+                    let native =
+                        unsafe { QueueRef::partition(consumer.client().native_ptr(), &tp.0, tp.1) };
+                    match queue.zip(native) {
+                        Some((queue, native)) => {
+                            st.add_partition(tp, queue, native);
                             count += 1;
                         }
                         None => {
@@ -717,9 +754,14 @@ impl PollState {
         t
     }
 
-    fn add_partition(&mut self, tp: TopicPartition, queue: PartitionQueue<RuntimeContext>) {
+    fn add_partition(
+        &mut self,
+        tp: TopicPartition,
+        queue: PartitionQueue<RuntimeContext>,
+        native: QueueRef,
+    ) {
         let ctl = Arc::new(LaneControl::new());
-        let lane = (self.spawn_lane)(tp.clone(), queue, ctl.clone());
+        let lane = (self.spawn_lane)(tp.clone(), queue, native, ctl.clone());
         self.partitions.insert(
             tp,
             PartitionState {

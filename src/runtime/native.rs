@@ -9,8 +9,7 @@ use std::ptr;
 
 use bytes::Bytes;
 use rdkafka::bindings as rd;
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers as _, OwnedHeaders};
-use rdkafka::Message as _;
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, OwnedHeaders};
 
 use crate::record::{RawHeader, RawHeaders};
 
@@ -20,23 +19,34 @@ struct BorrowedHeader<'a> {
     value: Option<&'a [u8]>,
 }
 
-/// The headers of `msg`, in order, borrowed (valid while `msg` lives).
-fn borrowed_headers<'a>(
-    msg: &'a BorrowedMessage<'_>,
+/// The headers of the message `msg` points at, in order, borrowed: valid
+/// while the message lives (the caller's `'a`).
+///
+/// # Safety
+///
+/// `msg` points at a live message that outlives `'a` and that no other
+/// thread touches meanwhile.
+unsafe fn borrowed_headers<'a>(
+    msg: *const rd::rd_kafka_message_t,
 ) -> impl Iterator<Item = BorrowedHeader<'a>> + 'a {
-    let headers = msg.headers();
-    let count = headers.map_or(0, |h| h.count());
-    let native = headers.map_or(ptr::null(), |h| {
-        h as *const BorrowedHeaders as *const rd::rd_kafka_headers_t
-    });
+    let mut native: *mut rd::rd_kafka_headers_t = ptr::null_mut();
+    // SAFETY: `msg` is live (the caller's contract); librdkafka parses the
+    // message's headers once and keeps them with the message.
+    let err = unsafe { rd::rd_kafka_message_headers(msg, &mut native) };
+    let count = if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && !native.is_null() {
+        // SAFETY: `native` is the message's header list.
+        unsafe { rd::rd_kafka_header_cnt(native) }
+    } else {
+        0
+    };
     (0..count).filter_map(move |idx| {
         let mut name: *const c_char = ptr::null();
         let mut value: *const c_void = ptr::null();
         let mut size: usize = 0;
-        // SAFETY: `native` points at the headers owned by `msg`, which
-        // outlives the iterator ('a); `idx < count`; librdkafka writes a
-        // NUL-terminated name and a value pointer valid for `size` bytes (or
-        // NULL for a null value) that live as long as the headers.
+        // SAFETY: `native` points at the headers owned by the message,
+        // which outlives the iterator ('a); `idx < count`; librdkafka writes
+        // a NUL-terminated name and a value pointer valid for `size` bytes
+        // (or NULL for a null value) that live as long as the headers.
         let err =
             unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
@@ -49,6 +59,109 @@ fn borrowed_headers<'a>(
             .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) });
         Some(BorrowedHeader { key, value })
     })
+}
+
+/// A message taken off a librdkafka queue by [`QueueRef::pop_batch`],
+/// destroyed (given back to librdkafka) on drop.
+pub(crate) struct PoppedMessage(ptr::NonNull<rd::rd_kafka_message_t>);
+
+// SAFETY: librdkafka lets any thread read or destroy a message it handed
+// out; the message is owned by this value alone.
+unsafe impl Send for PoppedMessage {}
+
+impl PoppedMessage {
+    /// The message's error, if it reports one instead of a record
+    /// (librdkafka puts consumer errors of a partition on its queue).
+    pub(crate) fn error(&self) -> Option<rdkafka::error::KafkaError> {
+        // SAFETY: the message is live while `self` is.
+        let err = unsafe { self.0.as_ref() }.err;
+        (err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| {
+            rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::from(
+                err,
+            ))
+        })
+    }
+
+    /// The record, copied (see [`to_consumed_record`]).
+    pub(crate) fn to_record(&self, topic: std::sync::Arc<str>) -> crate::ConsumedRecord {
+        // SAFETY: the message is live while `self` is, and only `self`
+        // touches it.
+        unsafe { record_from_native(self.0.as_ptr(), topic) }
+    }
+}
+
+impl Drop for PoppedMessage {
+    fn drop(&mut self) {
+        // SAFETY: the message came from `rd_kafka_consume_batch_queue` and
+        // is destroyed once, here.
+        unsafe { rd::rd_kafka_message_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// A reference of our own to a partition's librdkafka queue, for taking its
+/// messages in batches: one call (and one wake of nothing) for up to a
+/// batch of messages, where rdkafka's `PartitionQueue::poll` wraps each
+/// message in an event and a reference-counted allocation.
+///
+/// Must be dropped before the client it came from (it holds a reference
+/// librdkafka expects back before the client is destroyed).
+pub(crate) struct QueueRef(ptr::NonNull<rd::rd_kafka_queue_t>);
+
+// SAFETY: librdkafka queues are thread-safe; the reference is released
+// once, on drop.
+unsafe impl Send for QueueRef {}
+// SAFETY: as above: every queue operation locks the queue.
+unsafe impl Sync for QueueRef {}
+
+impl QueueRef {
+    /// The queue of `topic`'s `partition` in the client `rk`, or `None` if
+    /// the client has no such partition (or the topic name holds a NUL).
+    ///
+    /// # Safety
+    ///
+    /// `rk` is a live client, which outlives the returned value.
+    pub(crate) unsafe fn partition(
+        rk: *mut rd::rd_kafka_t,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Self> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        // SAFETY: `rk` is live (the caller's contract); the name is a
+        // NUL-terminated string that librdkafka copies.
+        let q = unsafe { rd::rd_kafka_queue_get_partition(rk, topic.as_ptr(), partition) };
+        ptr::NonNull::new(q).map(QueueRef)
+    }
+
+    /// Takes up to `max` messages that are on the queue now (never waits)
+    /// and appends them to `out`; returns how many it took.
+    pub(crate) fn pop_batch(
+        &self,
+        out: &mut std::collections::VecDeque<PoppedMessage>,
+        max: usize,
+    ) -> usize {
+        const CHUNK: usize = 64;
+        let mut msgs = [ptr::null_mut::<rd::rd_kafka_message_t>(); CHUNK];
+        let max = max.min(CHUNK);
+        // SAFETY: the queue is live while `self` is; `msgs` has room for
+        // `max` pointers; a timeout of 0 never blocks.
+        let n =
+            unsafe { rd::rd_kafka_consume_batch_queue(self.0.as_ptr(), 0, msgs.as_mut_ptr(), max) };
+        let n = usize::try_from(n).unwrap_or(0).min(max);
+        out.extend(
+            msgs[..n]
+                .iter()
+                .filter_map(|m| ptr::NonNull::new(*m).map(PoppedMessage)),
+        );
+        n
+    }
+}
+
+impl Drop for QueueRef {
+    fn drop(&mut self) {
+        // SAFETY: the reference came from `rd_kafka_queue_get_partition` and
+        // is released once, here (before the client: see the type's docs).
+        unsafe { rd::rd_kafka_queue_destroy(self.0.as_ptr()) }
+    }
 }
 
 /// Builds librdkafka headers from `headers`, keys and values byte for byte.
@@ -93,17 +206,49 @@ pub(crate) fn to_consumed_record(
     msg: &BorrowedMessage<'_>,
     topic: std::sync::Arc<str>,
 ) -> crate::ConsumedRecord {
-    use rdkafka::message::Timestamp;
-    let (timestamp, timestamp_type) = match msg.timestamp() {
-        Timestamp::NotAvailable => (None, crate::TimestampType::NotAvailable),
-        Timestamp::CreateTime(t) => (Some(t), crate::TimestampType::CreateTime),
-        Timestamp::LogAppendTime(t) => (Some(t), crate::TimestampType::LogAppendTime),
+    // SAFETY: `msg` is live for the whole call and borrowed, so nothing
+    // else touches it meanwhile.
+    unsafe { record_from_native(msg.ptr(), topic) }
+}
+
+/// [`to_consumed_record`] for the message `msg` points at.
+///
+/// # Safety
+///
+/// `msg` points at a live message that no other thread touches during the
+/// call.
+unsafe fn record_from_native(
+    msg: *const rd::rd_kafka_message_t,
+    topic: std::sync::Arc<str>,
+) -> crate::ConsumedRecord {
+    // SAFETY: `msg` is live (the caller's contract).
+    let m = unsafe { &*msg };
+    let mut tstype = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+    // SAFETY: as above; librdkafka writes the type into `tstype`.
+    let ts = unsafe { rd::rd_kafka_message_timestamp(msg, &mut tstype) };
+    let (timestamp, timestamp_type) = match tstype {
+        rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_CREATE_TIME => {
+            (Some(ts), crate::TimestampType::CreateTime)
+        }
+        rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => {
+            (Some(ts), crate::TimestampType::LogAppendTime)
+        }
+        _ => (None, crate::TimestampType::NotAvailable),
     };
-    let key = msg.key();
-    let payload = msg.payload();
+    // SAFETY: librdkafka's key and payload pointers are valid for their
+    // lengths while the message lives (NULL when absent).
+    let bytes_at = |p: *const c_void, len: usize| {
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+    };
+    let key = bytes_at(m.key, m.key_len);
+    let payload = bytes_at(m.payload, m.len);
+    let headers = || {
+        // SAFETY: `msg` is live and untouched by others during this call.
+        unsafe { borrowed_headers(msg) }
+    };
     let mut total = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
     let mut count = 0;
-    for h in borrowed_headers(msg) {
+    for h in headers() {
         total += h.key.len() + h.value.map_or(0, <[u8]>::len);
         count += 1;
     }
@@ -115,7 +260,7 @@ pub(crate) fn to_consumed_record(
     };
     let key_range = key.map(&mut push);
     let payload_range = payload.map(&mut push);
-    for h in borrowed_headers(msg) {
+    for h in headers() {
         push(h.key);
         if let Some(v) = h.value {
             push(v);
@@ -131,10 +276,10 @@ pub(crate) fn to_consumed_record(
         at += len;
         s
     };
-    let mut headers = std::sync::Arc::<[RawHeader]>::new_uninit_slice(count);
-    let slots = std::sync::Arc::get_mut(&mut headers).expect("just made, not shared");
+    let mut list = std::sync::Arc::<[RawHeader]>::new_uninit_slice(count);
+    let slots = std::sync::Arc::get_mut(&mut list).expect("just made, not shared");
     let mut written = 0;
-    for (slot, h) in slots.iter_mut().zip(borrowed_headers(msg)) {
+    for (slot, h) in slots.iter_mut().zip(headers()) {
         slot.write(RawHeader {
             key: slice(h.key.len()),
             value: h.value.map(|v| slice(v.len())),
@@ -148,11 +293,11 @@ pub(crate) fn to_consumed_record(
     // SAFETY: every one of the `count` slots was written above (the
     // header list is the same on every pass: it belongs to `msg`, which
     // nothing else touches meanwhile).
-    let headers = unsafe { headers.assume_init() };
+    let headers = unsafe { list.assume_init() };
     crate::ConsumedRecord {
         topic,
-        partition: msg.partition(),
-        offset: msg.offset(),
+        partition: m.partition,
+        offset: m.offset,
         timestamp,
         timestamp_type,
         key: key_range.map(|r| buf.slice(r)),
