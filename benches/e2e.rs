@@ -509,10 +509,12 @@ impl Tally {
             .cpu_last_ns
             .load(Relaxed)
             .saturating_sub(self.cpu_first_ns.load(Relaxed));
-        cpu as f64 / self.count.load(Relaxed).max(1) as f64
+        // The window closes at the target-th record; records finished
+        // after it (the rest of a transaction's batch) are not in it.
+        cpu as f64 / self.target.max(1) as f64
     }
     fn rate(&self) -> f64 {
-        let n = self.count.load(Relaxed);
+        let n = self.target;
         let span = self.last_ns.load(Relaxed) - self.first_ns.load(Relaxed);
         n as f64 / (span as f64 / 1e9)
     }

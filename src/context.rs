@@ -93,7 +93,7 @@ tokio::task_local! {
 #[derive(Debug, Clone)]
 pub struct ContextConfig {
     names: Vec<HeaderName>,
-    /// Bit `n` is set when a name is `n` bytes long (names of 64 bytes or
+    /// Bit `n` is set when a name is `n` bytes long (names of 63 bytes or
     /// more set bit 63): most headers of a record are not propagated, and
     /// this rules them out without comparing names.
     lengths: u64,

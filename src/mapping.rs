@@ -171,27 +171,52 @@ impl ConsumedRecord {
         attempt: u32,
         names: &mut HeaderNameCache,
     ) -> Result<Request<RecordBody>, MappingError> {
-        self.build_request(uri, group, attempt, Some(names))
-            .map_err(|(_, e)| e)
+        self.build_request_from(
+            self.payload.clone(),
+            self.headers.clone(),
+            uri,
+            group,
+            attempt,
+            Some(names),
+        )
+        .map_err(|(_, e)| e)
     }
 
     /// Builds the request; on a full `HeaderMap`, returns the request with
     /// the headers that fit, and the error.
     #[allow(clippy::result_large_err)]
     fn build_request(
+        mut self,
+        uri: Uri,
+        group: Option<Arc<str>>,
+        attempt: u32,
+        names: Option<&mut HeaderNameCache>,
+    ) -> Result<Request<RecordBody>, (Request<RecordBody>, MappingError)> {
+        let payload = self.payload.take();
+        let headers = std::mem::take(&mut self.headers);
+        self.build_request_from(payload, headers, uri, group, attempt, names)
+    }
+
+    /// Builds the request of this record with `payload` and `headers` (the
+    /// record's own, moved out or shared); on a full `HeaderMap`, returns
+    /// the request with the headers that fit, and the error.
+    #[allow(clippy::result_large_err)]
+    fn build_request_from(
         &self,
+        payload: Option<Bytes>,
+        headers: RawHeaders,
         uri: Uri,
         group: Option<Arc<str>>,
         attempt: u32,
         mut names: Option<&mut HeaderNameCache>,
     ) -> Result<Request<RecordBody>, (Request<RecordBody>, MappingError)> {
         let meta = self.meta(group, attempt);
-        let method = if self.payload.is_none() {
+        let method = if payload.is_none() {
             Method::DELETE
         } else {
             Method::POST
         };
-        let mut req = Request::new(RecordBody::new(self.payload.clone()));
+        let mut req = Request::new(RecordBody::new(payload));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let map = req.headers_mut();
@@ -199,9 +224,9 @@ impl ConsumedRecord {
         // `try_` forms report it. A reservation too large for the map only
         // means the map grows as headers are appended (not every header
         // enters it); the append that does not fit is the error.
-        let _ = map.try_reserve(self.headers.len());
+        let _ = map.try_reserve(headers.len());
         let mut full = false;
-        for h in self.headers.iter() {
+        for h in headers.iter() {
             if let Some(value) = &h.value {
                 let name = match names.as_deref_mut() {
                     Some(cache) => cache.name(&h.key),
@@ -217,10 +242,10 @@ impl ConsumedRecord {
                 }
             }
         }
-        let count = self.headers.len();
+        let count = headers.len();
         let ext = req.extensions_mut();
         ext.insert(meta);
-        ext.insert(self.headers.clone());
+        ext.insert(headers);
         if full {
             let error = MappingError::TooManyHeaders {
                 count,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     base_consumer::PartitionQueue, BaseConsumer, CommitMode, Consumer as _, ConsumerContext,
     Rebalance,
@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::access::{AccessWatch, ClusterRefused};
 use super::attempt::AttemptPolicy;
+use super::client;
 use super::config::{
     BatchSettings, ConfigError, ConsumerConfig, DeadLetterPolicy, Ordering, PropertyValue,
     RetryPolicy,
@@ -431,6 +432,7 @@ impl Consumer {
                 popped: VecDeque::new(),
                 native,
                 _queue: queue,
+                ctl: ctl.clone(),
                 // The lane's own copy: each record holds it, and a
                 // reference count that only this lane's thread touches
                 // stays in its cache.
@@ -457,7 +459,6 @@ impl Consumer {
             access,
         };
 
-        let mut cc = ClientConfig::new();
         // Each partition has its own queue: librdkafka's prefetch limits
         // apply per partition, so the defaults (100,000 records, 64 MiB)
         // would allow that much for every partition (about 1 GiB of RSS
@@ -475,52 +476,20 @@ impl Consumer {
         // ~620k in the same runs (the raw loop, on one queue, is not
         // affected). A caught-up consumer sends a fetch every 25 ms per
         // broker instead of every 500 ms.
-        cc.set("queued.min.messages", "5000")
-            .set("queued.max.messages.kbytes", "2048")
-            .set("fetch.queue.backoff.ms", "1")
-            .set("fetch.wait.max.ms", "25");
-        for (k, v) in &config.properties {
-            cc.set(k, &v.0);
-        }
-        cc.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        let consumer: Arc<BaseConsumer<RuntimeContext>> =
-            Arc::new(cc.create_with_context(context).map_err(|e| {
-                ConsumerError::message(format!(
-                    "cannot create the Kafka consumer (check `properties`): {}",
-                    config.properties.redact(&e.to_string())
-                ))
-            })?);
+        let defaults = [
+            ("queued.min.messages", "5000"),
+            ("queued.max.messages.kbytes", "2048"),
+            ("fetch.queue.backoff.ms", "1"),
+            ("fetch.wait.max.ms", "25"),
+        ];
+        let consumer = Arc::new(client::create(&config, &defaults, context)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| ConsumerError::new("cannot subscribe", e))?;
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let thread_stop = stop.clone();
+        client::subscribe(&consumer, &config)?;
         let commit_interval = config.commit_interval;
-        std::thread::Builder::new()
-            .name("kafka-tower-poll".into())
-            .spawn(move || {
-                let result = poll_loop(&consumer, &thread_stop, commit_interval);
-                drop(consumer);
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| ConsumerError::new("cannot start the poll thread", e))?;
-
-        let panicked = || ConsumerError::message("the poll thread panicked");
-        let mut done_rx = done_rx;
-        tokio::select! {
-            () = shutdown => {
-                tracing::info!("shutdown requested: draining in-flight records");
-                stop.store(true, Relaxed);
-                done_rx.await.unwrap_or_else(|_| Err(panicked()))
-            }
-            result = &mut done_rx => result.unwrap_or_else(|_| Err(panicked())),
-        }
+        client::run_poll_thread("kafka-tower-poll", shutdown, move |stop| {
+            poll_loop(&consumer, stop, commit_interval)
+        })
+        .await
     }
 }
 
@@ -549,6 +518,8 @@ struct PartitionFeed {
     /// registered and the consumer alive.
     _queue: PartitionQueue<RuntimeContext>,
     topic: Arc<str>,
+    /// Where the lane tells the poll thread how far it fetched.
+    ctl: Arc<LaneControl>,
 }
 
 impl PartitionFeed {
@@ -566,8 +537,18 @@ impl RecordSource for PartitionFeed {
             }
             let msg = self.popped.pop_front()?;
             match msg.error() {
-                None => return Some(msg.to_record(self.topic.clone())),
+                None => {
+                    let record = msg.to_record(self.topic.clone());
+                    self.ctl.fetched_to(record.offset + 1);
+                    return Some(record);
+                }
                 Some(e) => {
+                    // Taken in a batch, an error message moves librdkafka's
+                    // application position one past the offset it carries,
+                    // the next record's (a single poll does not): a pause
+                    // would then resume past that record. Resuming seeks to
+                    // the position kept here instead.
+                    self.ctl.fetched_to(msg.offset());
                     tracing::warn!(topic = %self.topic, error = %e, "partition queue error");
                 }
             }
@@ -801,7 +782,7 @@ impl PollState {
             if !stalled {
                 ps.stalled_since = None;
                 if ps.paused {
-                    set_paused(consumer, tp, false, &self.stats);
+                    resume_at(consumer, tp, ps.ctl.fetch_position(), &self.stats);
                     ps.paused = false;
                 }
                 continue;
@@ -888,6 +869,27 @@ impl PollState {
             }
         }
     }
+}
+
+/// Resumes a paused partition from `position` — one past the last record
+/// its lane took — rather than from where librdkafka thinks the application
+/// got to (see `PartitionFeed::next_ready`). Records the lane took before
+/// the pause are still its own; the ones librdkafka had prefetched were
+/// dropped by the pause and are fetched again from there.
+fn resume_at(
+    consumer: &BaseConsumer<RuntimeContext>,
+    tp: &TopicPartition,
+    position: Option<i64>,
+    stats: &RuntimeStats,
+) {
+    if let Some(at) = position {
+        // Seeking a paused partition sets where it fetches from once
+        // resumed (and forgets librdkafka's application position).
+        if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(at), Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "cannot seek {}[{}] to {at} before resuming it", tp.0, tp.1);
+        }
+    }
+    set_paused(consumer, tp, false, stats);
 }
 
 fn set_paused(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::AccessWatch;
 use super::attempt::{serve_attempts, AttemptPolicy, Attempted, RequestTarget};
+use super::client;
 use super::config::ConsumerConfig;
 use super::consumer::{Consumer, ConsumerError};
 use super::dead_letter::provenance_headers;
@@ -304,62 +305,31 @@ impl Consumer {
             partitions_at_once: Semaphore::new(config.max_in_flight),
         });
 
-        let mut cc = ClientConfig::new();
-        cc.set("isolation.level", "read_committed");
-        for (k, v) in &config.properties {
-            cc.set(k, &v.0);
-        }
-        cc.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer<EosContext> = cc
-            .create_with_context(EosContext {
+        let consumer = client::create(
+            &config,
+            &[("isolation.level", "read_committed")],
+            EosContext {
                 access: AccessWatch::new([&config.properties]),
                 revoked: Mutex::default(),
                 on_assigned: settings.on_assigned.clone(),
                 on_revoked: settings.on_revoked.clone(),
-            })
-            .map_err(|e| {
-                ConsumerError::message(format!(
-                    "cannot create the Kafka consumer (check `properties`): {}",
-                    config.properties.redact(&e.to_string())
-                ))
-            })?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| ConsumerError::new("cannot subscribe", e))?;
-
+            },
+        )?;
+        client::subscribe(&consumer, &config)?;
         let handle = tokio::runtime::Handle::current();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-        let thread_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("kafka-tower-eos".into())
-            .spawn(move || {
-                let mut run = EosRun {
-                    consumer: &consumer,
-                    producer,
-                    service,
-                    shared,
-                    handle,
-                    config,
-                    settings,
-                };
-                let result = run.run(&thread_stop);
-                drop(run);
-                drop(consumer);
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| ConsumerError::new("cannot start the poll thread", e))?;
-        let panicked = || ConsumerError::message("the poll thread panicked");
-        tokio::select! {
-            () = shutdown => {
-                stop.store(true, Relaxed);
-                (&mut done_rx).await.unwrap_or_else(|_| Err(panicked()))
-            }
-            r = &mut done_rx => r.unwrap_or_else(|_| Err(panicked())),
-        }
+        client::run_poll_thread("kafka-tower-eos", shutdown, move |stop| {
+            let mut run = EosRun {
+                consumer: &consumer,
+                producer,
+                service,
+                shared,
+                handle,
+                config,
+                settings,
+            };
+            run.run(stop)
+        })
+        .await
     }
 }
 

@@ -59,6 +59,11 @@ pub(crate) struct LaneShared {
 pub(crate) struct LaneControl {
     /// One past the contiguous finished prefix; `-1` before the first.
     commit_point: AtomicI64,
+    /// Where the partition's fetching should go on after a pause: one past
+    /// the last record the lane took from librdkafka (or the offset an
+    /// error message of the partition said fetching was at); `-1` before
+    /// either.
+    fetch_position: AtomicI64,
     /// Records finished so far.
     progress: AtomicU64,
     /// A record is taken and not finished.
@@ -76,6 +81,7 @@ impl LaneControl {
     pub(crate) fn new() -> Self {
         LaneControl {
             commit_point: AtomicI64::new(-1),
+            fetch_position: AtomicI64::new(-1),
             progress: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             held: AtomicUsize::new(0),
@@ -94,6 +100,21 @@ impl LaneControl {
     /// Records finished so far, and whether one is taken and unfinished.
     pub(crate) fn progress(&self) -> (u64, bool) {
         (self.progress.load(Relaxed), self.busy.load(Relaxed))
+    }
+
+    /// Where fetching should go on after a pause, if the lane took a
+    /// record or saw the partition's position in an error.
+    pub(crate) fn fetch_position(&self) -> Option<i64> {
+        let p = self.fetch_position.load(Relaxed);
+        (p >= 0).then_some(p)
+    }
+
+    /// The lane took records from librdkafka up to (not including)
+    /// `next`. Only the lane writes it.
+    pub(crate) fn fetched_to(&self, next: i64) {
+        if next > self.fetch_position.load(Relaxed) {
+            self.fetch_position.store(next, Relaxed);
+        }
     }
 
     pub(crate) fn has_exited(&self) -> bool {

@@ -6,6 +6,7 @@ mod attempt;
 mod batch;
 #[doc(hidden)]
 pub mod bench_support;
+mod client;
 mod config;
 mod consumer;
 pub mod dead_letter;

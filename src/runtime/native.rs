@@ -82,6 +82,13 @@ impl PoppedMessage {
         })
     }
 
+    /// The offset the message carries (for an error message: where
+    /// fetching was).
+    pub(crate) fn offset(&self) -> i64 {
+        // SAFETY: the message is live while `self` is.
+        unsafe { self.0.as_ref() }.offset
+    }
+
     /// The record, copied (see [`to_consumed_record`]).
     pub(crate) fn to_record(&self, topic: std::sync::Arc<str>) -> crate::ConsumedRecord {
         // SAFETY: the message is live while `self` is, and only `self`
@@ -99,9 +106,10 @@ impl Drop for PoppedMessage {
 }
 
 /// A reference of our own to a partition's librdkafka queue, for taking its
-/// messages in batches: one call (and one wake of nothing) for up to a
-/// batch of messages, where rdkafka's `PartitionQueue::poll` wraps each
-/// message in an event and a reference-counted allocation.
+/// messages in batches: one call (one lock per message, two clock reads per
+/// call) for up to a batch of messages, where rdkafka's
+/// `PartitionQueue::poll` wraps each message in an event, a
+/// reference-counted allocation and a clock read.
 ///
 /// Must be dropped before the client it came from (it holds a reference
 /// librdkafka expects back before the client is destroyed).
