@@ -722,6 +722,10 @@ fn invalid_values_fail_naming_the_key() {
         ),
         (with_props("  group.id: other\n", ""), "properties.group.id"),
         (
+            with_props("  enable.partition.eof: true\n", ""),
+            "properties.enable.partition.eof",
+        ),
+        (
             with_props("", "dead_letter:\n  suffix: \"\"\n"),
             "dead_letter.suffix",
         ),

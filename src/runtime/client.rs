@@ -19,7 +19,7 @@ use super::consumer::ConsumerError;
 /// runtime needs whatever is configured, and `enable.partition.eof=false`
 /// (the runtime has no use for end-of-partition events, and an event taken
 /// in a batch would move librdkafka's application position past the next
-/// record). A property librdkafka refuses is named in the error, with
+/// record; configuration validation refuses any other value). A property librdkafka refuses is named in the error, with
 /// secrets redacted.
 pub(crate) fn create<C: ConsumerContext>(
     config: &ConsumerConfig,

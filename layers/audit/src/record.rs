@@ -1,5 +1,7 @@
 //! See [`AuditRecord`].
 
+use std::fmt::Write as _;
+
 use http::StatusCode;
 use kafka_tower::outcome::ErrorClass;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -232,7 +234,14 @@ pub(crate) fn rfc3339_micros(t: std::time::SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z")
+    // Sized once: `format!` would grow the string twice on the way to its
+    // 27 bytes (three allocations per audit record instead of one).
+    let mut out = String::with_capacity(27);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z"
+    );
+    out
 }
 
 /// Lower-case hex of `bytes`.

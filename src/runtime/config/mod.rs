@@ -584,6 +584,14 @@ impl ConsumerConfig {
                 );
             }
         }
+        if let Some(v) = self.properties.get("enable.partition.eof") {
+            if !v.0.trim().eq_ignore_ascii_case("false") {
+                return err(
+                    "properties.enable.partition.eof",
+                    "must be false (or unset): the runtime has no use for end-of-partition events, and serves records only".into(),
+                );
+            }
+        }
         if !self.properties.contains_key("bootstrap.servers") {
             return err("properties.bootstrap.servers", "is required".into());
         }
