@@ -515,7 +515,10 @@ impl Tally {
     }
     fn rate(&self) -> f64 {
         let n = self.target;
-        let span = self.last_ns.load(Relaxed) - self.first_ns.load(Relaxed);
+        let span = self
+            .last_ns
+            .load(Relaxed)
+            .saturating_sub(self.first_ns.load(Relaxed));
         n as f64 / (span as f64 / 1e9)
     }
 }
@@ -661,7 +664,7 @@ fn child(args: &[String], variant: &str) {
     let mut result = json!({
         "variant": variant, "records": served, "failed": failed,
         "records_per_sec": tally.rate(),
-        "seconds": (tally.last_ns.load(Relaxed) - tally.first_ns.load(Relaxed)) as f64 / 1e9,
+        "seconds": tally.last_ns.load(Relaxed).saturating_sub(tally.first_ns.load(Relaxed)) as f64 / 1e9,
         "p50_us": p50, "p99_us": p99,
         "cpu_ns_per_record": tally.cpu_ns_per_record(),
         "peak_rss_kib": peak_rss_kib(),

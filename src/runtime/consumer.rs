@@ -534,23 +534,29 @@ impl PartitionFeed {
 impl RecordSource for PartitionFeed {
     fn next_ready(&mut self) -> Option<ConsumedRecord> {
         loop {
-            if self.popped.is_empty() && self.native.pop_batch(&mut self.popped, Self::BATCH) == 0 {
-                return None;
+            if self.popped.is_empty() {
+                if self.native.pop_batch(&mut self.popped, Self::BATCH) == 0 {
+                    return None;
+                }
+                // Taken from librdkafka now (served later, in order): a
+                // resume goes on after the last of them.
+                for msg in &self.popped {
+                    self.ctl.fetched_to(match msg.error() {
+                        None => msg.offset() + 1,
+                        // Taken in a batch, an error message moves
+                        // librdkafka's application position one past the
+                        // offset it carries, the next record's (a single
+                        // poll does not): a pause would then resume past
+                        // that record. Resuming seeks to the position kept
+                        // here instead.
+                        Some(_) => msg.offset(),
+                    });
+                }
             }
             let msg = self.popped.pop_front()?;
             match msg.error() {
-                None => {
-                    let record = msg.to_record(self.topic.clone());
-                    self.ctl.fetched_to(record.offset + 1);
-                    return Some(record);
-                }
+                None => return Some(msg.to_record(self.topic.clone())),
                 Some(e) => {
-                    // Taken in a batch, an error message moves librdkafka's
-                    // application position one past the offset it carries,
-                    // the next record's (a single poll does not): a pause
-                    // would then resume past that record. Resuming seeks to
-                    // the position kept here instead.
-                    self.ctl.fetched_to(msg.offset());
                     tracing::warn!(topic = %self.topic, error = %e, "partition queue error");
                 }
             }
@@ -783,8 +789,7 @@ impl PollState {
             ps.seen_progress = progress;
             if !stalled {
                 ps.stalled_since = None;
-                if ps.paused {
-                    resume_at(consumer, tp, ps.ctl.fetch_position(), &self.stats);
+                if ps.paused && resume_at(consumer, tp, ps.ctl.fetch_position(), &self.stats) {
                     ps.paused = false;
                 }
                 continue;
@@ -874,24 +879,33 @@ impl PollState {
 }
 
 /// Resumes a paused partition from `position` — one past the last record
-/// its lane took — rather than from where librdkafka thinks the application
-/// got to (see `PartitionFeed::next_ready`). Records the lane took before
-/// the pause are still its own; the ones librdkafka had prefetched were
-/// dropped by the pause and are fetched again from there.
+/// its lane took from librdkafka — rather than from where librdkafka thinks
+/// the application got to (see `PartitionFeed::next_ready`). Records the
+/// lane took before the pause are still its own; the ones librdkafka had
+/// prefetched were dropped by the pause and are fetched again from there.
+/// `false` (the partition stays paused, to be resumed on a later round)
+/// when the seek fails: resuming from librdkafka's position could skip a
+/// record.
 fn resume_at(
     consumer: &BaseConsumer<RuntimeContext>,
     tp: &TopicPartition,
     position: Option<i64>,
     stats: &RuntimeStats,
-) {
+) -> bool {
     if let Some(at) = position {
         // Seeking a paused partition sets where it fetches from once
         // resumed (and forgets librdkafka's application position).
         if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(at), Duration::from_secs(5)) {
-            tracing::warn!(error = %e, "cannot seek {}[{}] to {at} before resuming it", tp.0, tp.1);
+            tracing::warn!(
+                error = %e,
+                "cannot seek {}[{}] to {at} before resuming it: it stays paused for now",
+                tp.0, tp.1
+            );
+            return false;
         }
     }
     set_paused(consumer, tp, false, stats);
+    true
 }
 
 fn set_paused(

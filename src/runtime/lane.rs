@@ -4,10 +4,11 @@
 //! prefix in atomics the committer reads. No record crosses a thread through a lock or a channel, no task
 //! is spawned per record and no event is sent per finished record.
 //!
-//! The lane takes a record from the queue only when it can start it (in
-//! key mode: up to `lookahead` records ahead), so a lane that is not ready
-//! simply stops draining and librdkafka's per-partition prefetch limits
-//! bound what is buffered. The poll thread pauses a partition only when its
+//! The lane takes records from the queue only when it can start one (in
+//! key mode: up to `lookahead` records ahead) — up to 32 messages per call
+//! into librdkafka, held as librdkafka's until served — so a lane that is
+//! not ready simply stops draining and librdkafka's per-partition prefetch
+//! limits bound what is buffered. The poll thread pauses a partition only when its
 //! lane made no progress for `pause_after` (see [`LaneControl`]).
 
 use std::collections::{HashSet, VecDeque};

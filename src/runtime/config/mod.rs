@@ -355,8 +355,10 @@ pub struct ConsumerConfig {
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Records a key-ordered lane takes from its partition ahead of those
-    /// it serves (the scheduler's look-ahead). Partition-ordered lanes take
-    /// one record at a time.
+    /// it serves (the scheduler's look-ahead). Partition-ordered lanes
+    /// start one record at a time. Either way a lane takes messages off
+    /// librdkafka's queue up to 32 per call; those it has not started yet
+    /// are not copied and not counted here.
     #[serde(default = "default_buffer")]
     pub buffer_per_partition: usize,
     /// How long a partition's lane may be busy without finishing a record
@@ -585,7 +587,12 @@ impl ConsumerConfig {
             }
         }
         if let Some(v) = self.properties.get("enable.partition.eof") {
-            if !v.0.trim().eq_ignore_ascii_case("false") {
+            // librdkafka's spellings of false.
+            let v = v.0.trim();
+            if !["false", "f", "0"]
+                .iter()
+                .any(|f| v.eq_ignore_ascii_case(f))
+            {
                 return err(
                     "properties.enable.partition.eof",
                     "must be false (or unset): the runtime has no use for end-of-partition events, and serves records only".into(),
