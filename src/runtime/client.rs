@@ -67,7 +67,7 @@ pub(crate) async fn run_poll_thread<F, P>(
 ) -> Result<(), ConsumerError>
 where
     F: Future<Output = ()> + Send,
-    P: FnOnce(&AtomicBool) -> Result<(), ConsumerError> + Send + 'static,
+    P: FnOnce(Arc<AtomicBool>) -> Result<(), ConsumerError> + Send + 'static,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -75,7 +75,7 @@ where
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let _ = done_tx.send(poll(&thread_stop));
+            let _ = done_tx.send(poll(thread_stop));
         })
         .map_err(|e| ConsumerError::new("cannot start the poll thread", e))?;
     let panicked = || ConsumerError::message("the poll thread panicked");

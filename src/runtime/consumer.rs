@@ -24,6 +24,7 @@ use super::config::{
     RetryPolicy,
 };
 use super::dead_letter::DeadLetterWriter;
+use super::exactly_once::{finished_records, Leaving, Transactions};
 use super::lane::{
     run_lane, Batches, Bell, InFlightLimit, LaneControl, LaneShared, LaneWork, RecordSource,
     Records, TopicPartition,
@@ -303,7 +304,8 @@ impl Consumer {
         S: RecordService,
         F: Future<Output = ()> + Send,
     {
-        self.run(move || Records(service.clone()), shutdown).await
+        self.run(move || Records(service.clone()), shutdown, None)
+            .await
     }
 
     /// Serves the subscribed topics' records to `service` in batches of
@@ -373,16 +375,19 @@ impl Consumer {
                 max_delay,
             },
             shutdown,
+            None,
         )
         .await
     }
 
     /// Runs the consumer: each assigned partition gets a lane doing the
-    /// work `work` makes.
-    async fn run<W, F>(
+    /// work `work` makes. Offsets are committed by the poll thread, or,
+    /// with `transactions`, in transactions (exactly-once mode).
+    pub(super) async fn run<W, F>(
         self,
         work: impl Fn() -> W + Send + 'static,
         shutdown: F,
+        transactions: Option<Transactions>,
     ) -> Result<(), ConsumerError>
     where
         W: LaneWork,
@@ -396,7 +401,8 @@ impl Consumer {
             &config.properties,
             &config.dead_letter.producer_properties,
         ]));
-        let dead_letter = if config.dead_letter.enabled {
+        // In exactly-once mode dead letters go into the transaction.
+        let dead_letter = if config.dead_letter.enabled && transactions.is_none() {
             Some(
                 DeadLetterWriter::new(&config, access.clone())
                     .map_err(|e| {
@@ -411,8 +417,15 @@ impl Consumer {
         } else {
             None
         };
+        let mut policy = AttemptPolicy::from_config(&config, stats.clone())?;
+        if transactions.is_some() {
+            // A held record would keep its transaction open past
+            // `transaction.timeout.ms`: this mode dead-letters after the
+            // attempts.
+            policy.retry.hold = Duration::ZERO;
+        }
         let shared = Arc::new(LaneShared {
-            policy: AttemptPolicy::from_config(&config, stats.clone())?,
+            policy,
             ordering: config.ordering,
             lookahead: match config.ordering {
                 Ordering::Partition => 1,
@@ -450,6 +463,7 @@ impl Consumer {
             pause_after: config.pause_after,
             stats: stats.clone(),
             fatal: None,
+            transactions,
         });
         let context = RuntimeContext {
             state,
@@ -478,18 +492,21 @@ impl Consumer {
         // ~620k in the same runs (the raw loop, on one queue, is not
         // affected). A caught-up consumer sends a fetch every 25 ms per
         // broker instead of every 500 ms.
-        let defaults = [
+        let mut defaults = vec![
             ("queued.min.messages", "5000"),
             ("queued.max.messages.kbytes", "1024"),
             ("fetch.queue.backoff.ms", "1"),
             ("fetch.wait.max.ms", "25"),
         ];
+        if context.state().transactions.is_some() {
+            defaults.push(("isolation.level", "read_committed"));
+        }
         let consumer = Arc::new(client::create(&config, &defaults, context)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         client::subscribe(&consumer, &config)?;
         let commit_interval = config.commit_interval;
         client::run_poll_thread("kafka-tower-poll", shutdown, move |stop| {
-            poll_loop(&consumer, stop, commit_interval)
+            poll_loop(&consumer, &stop, commit_interval)
         })
         .await
     }
@@ -540,6 +557,9 @@ impl RecordSource for PartitionFeed {
                 }
                 // Taken from librdkafka now (served later, in order): a
                 // resume goes on after the last of them.
+                if let Some(first) = self.popped.front() {
+                    self.ctl.took(first.offset());
+                }
                 for msg in &self.popped {
                     self.ctl.fetched_to(match msg.error() {
                         None => msg.offset() + 1,
@@ -564,11 +584,12 @@ impl RecordSource for PartitionFeed {
     }
 }
 
-struct PartitionState {
-    ctl: Arc<LaneControl>,
+pub(super) struct PartitionState {
+    pub(super) ctl: Arc<LaneControl>,
     lane: tokio::task::JoinHandle<()>,
-    /// The commit point last sent to the broker.
-    committed: Option<i64>,
+    /// The commit point last sent to the broker (in exactly-once mode: last
+    /// committed in a transaction).
+    pub(super) committed: Option<i64>,
     paused: bool,
     /// The lane's progress when last looked at, and since when it has been
     /// busy without progress.
@@ -576,19 +597,21 @@ struct PartitionState {
     stalled_since: Option<Instant>,
 }
 
-struct PollState {
-    partitions: HashMap<TopicPartition, PartitionState>,
+pub(super) struct PollState {
+    pub(super) partitions: HashMap<TopicPartition, PartitionState>,
     topics: HashMap<String, Arc<str>>,
     spawn_lane: SpawnLane,
     shared: Arc<LaneShared>,
     drain_timeout: Duration,
     pause_after: Duration,
-    stats: Arc<RuntimeStats>,
+    pub(super) stats: Arc<RuntimeStats>,
     /// Set by a rebalance callback that cannot go on.
     fatal: Option<ConsumerError>,
+    /// The committer of exactly-once mode; `None` commits offsets.
+    transactions: Option<Transactions>,
 }
 
-struct RuntimeContext {
+pub(super) struct RuntimeContext {
     // Only the poll thread (and the callbacks it runs) touches the state.
     state: Mutex<PollState>,
     /// The consumer itself, for splitting partition queues in the
@@ -655,6 +678,12 @@ impl ConsumerContext for RuntimeContext {
                     partitions = revoked.len(),
                     "partitions revoked: finishing in-flight records"
                 );
+                if st.transactions.is_some() {
+                    if let Err(e) = st.revoke_transactional(consumer, &revoked) {
+                        st.fatal = Some(e);
+                    }
+                    return;
+                }
                 st.drain(&revoked);
                 if consumer.assignment_lost() {
                     tracing::warn!(
@@ -675,30 +704,29 @@ impl ConsumerContext for RuntimeContext {
                     return;
                 };
                 let mut st = self.state();
-                let mut count = 0;
+                let mut new: Vec<TopicPartition> = Vec::new();
                 for e in tpl.elements() {
                     let tp = (st.intern(e.topic()), e.partition());
-                    if st.partitions.contains_key(&tp) {
-                        continue;
+                    if !st.partitions.contains_key(&tp) {
+                        new.push(tp);
                     }
-                    let queue = consumer.split_partition_queue(&tp.0, tp.1);
-                    // SAFETY: the client is live (`consumer` holds it), and
-                    // the reference is kept with `queue`, which holds the
-                    // client until after the reference is dropped (see
-                    // `PartitionFeed`).
-                    let native =
-                        unsafe { QueueRef::partition(consumer.client().native_ptr(), &tp.0, tp.1) };
-                    match queue.zip(native) {
-                        Some((queue, native)) => {
-                            st.add_partition(tp, queue, native);
-                            count += 1;
-                        }
-                        None => {
-                            st.fatal = Some(ConsumerError::message(format!(
-                                "cannot open the queue of {}[{}]",
-                                tp.0, tp.1
-                            )));
-                        }
+                }
+                if let Some(mut tx) = st.transactions.take() {
+                    // Between transactions, with no record served: a restore
+                    // may take longer than a transaction may stay open.
+                    let names: Vec<(String, i32)> =
+                        new.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+                    let ended =
+                        tx.round(&mut st, &consumer, &mut [], true, |tx| tx.assigned(&names));
+                    st.transactions = Some(tx);
+                    if let Err(e) = ended {
+                        st.fatal = Some(e);
+                    }
+                }
+                let count = new.len();
+                for tp in new {
+                    if let Err(e) = st.open_partition(&consumer, tp) {
+                        st.fatal = Some(e);
                     }
                 }
                 tracing::info!(partitions = count, "partitions assigned");
@@ -741,6 +769,81 @@ impl PollState {
         let t: Arc<str> = topic.into();
         self.topics.insert(topic.to_owned(), t.clone());
         t
+    }
+
+    /// Splits the queue of `tp` off the consumer's and gives the
+    /// partition a lane that drains it.
+    fn open_partition(
+        &mut self,
+        consumer: &Arc<BaseConsumer<RuntimeContext>>,
+        tp: TopicPartition,
+    ) -> Result<(), ConsumerError> {
+        let queue = consumer.split_partition_queue(&tp.0, tp.1);
+        // SAFETY: the client is live (`consumer` holds it), and the
+        // reference is kept with `queue`, which holds the client until
+        // after the reference is dropped (see `PartitionFeed`).
+        let native = unsafe { QueueRef::partition(consumer.client().native_ptr(), &tp.0, tp.1) };
+        match queue.zip(native) {
+            Some((queue, native)) => {
+                self.add_partition(tp, queue, native);
+                Ok(())
+            }
+            None => Err(ConsumerError::message(format!(
+                "cannot open the queue of {}[{}]",
+                tp.0, tp.1
+            ))),
+        }
+    }
+
+    /// Gives `tp`, whose lane exited, a new lane (exactly-once mode, after
+    /// an abort rewound the partition); what was committed and whether the
+    /// partition is paused carry over.
+    pub(super) fn reopen_partition(
+        &mut self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        tp: TopicPartition,
+    ) -> Result<(), ConsumerError> {
+        let consumer = consumer
+            .context()
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| ConsumerError::message("the consumer is gone"))?;
+        let old = self.partitions.remove(&tp);
+        self.open_partition(&consumer, tp.clone())?;
+        if let (Some(old), Some(new)) = (old, self.partitions.get_mut(&tp)) {
+            new.committed = old.committed;
+            new.paused = old.paused;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once mode: stops the lanes of `revoked` (their in-flight
+    /// records may finish), ends the open transaction with their offsets,
+    /// and tells `on_partitions_revoked`.
+    fn revoke_transactional(
+        &mut self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        revoked: &[TopicPartition],
+    ) -> Result<(), ConsumerError> {
+        self.drain(revoked);
+        let mut leaving: Vec<Leaving> = revoked
+            .iter()
+            .filter_map(|tp| {
+                self.partitions.remove(tp).map(|ps| Leaving {
+                    tp: tp.clone(),
+                    ctl: ps.ctl,
+                    committed: ps.committed,
+                })
+            })
+            .collect();
+        let Some(mut tx) = self.transactions.take() else {
+            return Ok(());
+        };
+        let names: Vec<(String, i32)> = revoked.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let ended = tx.round(self, consumer, &mut leaving, true, |tx| tx.revoked(&names));
+        self.transactions = Some(tx);
+        ended.map(drop)
     }
 
     fn add_partition(
@@ -806,14 +909,25 @@ impl PollState {
     /// Stops the lanes of `tps` from starting records, waits up to the drain
     /// timeout for their in-flight records, and aborts what is left.
     fn drain(&mut self, tps: &[TopicPartition]) {
-        let mut lanes = Vec::with_capacity(tps.len());
         for tp in tps {
             if let Some(ps) = self.partitions.get_mut(tp) {
-                ps.ctl.cancel.cancel();
                 if ps.paused {
                     ps.paused = false;
                     self.stats.paused_partitions.fetch_sub(1, Relaxed);
                 }
+            }
+        }
+        self.stop_lanes(tps);
+    }
+
+    /// Cancels the lanes of `tps` and waits up to the drain timeout for
+    /// them to exit (their in-flight records may finish), then aborts what
+    /// is left.
+    pub(super) fn stop_lanes(&mut self, tps: &[TopicPartition]) {
+        let mut lanes = Vec::with_capacity(tps.len());
+        for tp in tps {
+            if let Some(ps) = self.partitions.get(tp) {
+                ps.ctl.cancel.cancel();
                 lanes.push(ps.ctl.clone());
             }
         }
@@ -832,6 +946,11 @@ impl PollState {
                     ps.lane.abort();
                 }
             }
+        }
+        if let Some(tx) = &self.transactions {
+            // An aborted lane may have queued part of its record's outputs
+            // in the transaction without finishing the record.
+            tx.abandoned();
         }
         // An aborted lane exits when the runtime drops it; wait for that so
         // that no lane outlives its partition's assignment.
@@ -936,10 +1055,17 @@ fn set_paused(
 
 fn poll_loop(
     consumer: &BaseConsumer<RuntimeContext>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     commit_interval: Duration,
 ) -> Result<(), ConsumerError> {
     let context = consumer.context();
+    let (poll_timeout, transactions) = match context.state().transactions.as_mut() {
+        Some(tx) => {
+            tx.set_stop(stop.clone());
+            (tx.poll_timeout(), Some(tx.shared()))
+        }
+        None => (Duration::from_millis(50), None),
+    };
     let mut last_commit = Instant::now();
     let mut result = Ok(());
     while !stop.load(Relaxed) {
@@ -958,7 +1084,24 @@ fn poll_loop(
                 result = Err(e);
                 break;
             }
-            if last_commit.elapsed() >= commit_interval {
+            if let Some(mut tx) = st.transactions.take() {
+                let finished = finished_records(&st);
+                let ended = if tx.due(finished) {
+                    tx.round(&mut st, consumer, &mut [], true, |_| {})
+                } else {
+                    Ok(true)
+                };
+                st.transactions = Some(tx);
+                match ended {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stopping");
+                        result = Err(e);
+                        break;
+                    }
+                }
+            } else if last_commit.elapsed() >= commit_interval {
                 let force = context.commit_failed.swap(false, Relaxed);
                 st.commit(consumer, CommitMode::Async, None, force);
                 last_commit = Instant::now();
@@ -966,7 +1109,17 @@ fn poll_loop(
         }
         // Records go to the partitions' own queues; this serves rebalances,
         // commit results and errors.
-        match consumer.poll(Duration::from_millis(50)) {
+        // In exactly-once mode the thread waits for a lane asking for the
+        // transaction to end rather than in librdkafka (events are served
+        // at least every `poll_timeout`).
+        let event = match &transactions {
+            Some(tx) => consumer.poll(Duration::ZERO).or_else(|| {
+                tx.wait_for_ring(poll_timeout);
+                None
+            }),
+            None => consumer.poll(poll_timeout),
+        };
+        match event {
             None => {}
             Some(Ok(msg)) => {
                 // Every assigned partition's queue is split off before it is
@@ -997,7 +1150,30 @@ fn poll_loop(
     let mut st = context.state();
     let all: Vec<TopicPartition> = st.partitions.keys().cloned().collect();
     st.drain(&all);
-    st.commit(consumer, CommitMode::Sync, None, true);
+    if let Some(mut tx) = st.transactions.take() {
+        let mut leaving: Vec<Leaving> = all
+            .iter()
+            .filter_map(|tp| {
+                st.partitions.remove(tp).map(|ps| Leaving {
+                    tp: tp.clone(),
+                    ctl: ps.ctl,
+                    committed: ps.committed,
+                })
+            })
+            .collect();
+        // The partitions leave with the consumer.
+        let names: Vec<(String, i32)> = all.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        if let Err(e) = tx.round(&mut st, consumer, &mut leaving, false, |tx| {
+            tx.revoked(&names)
+        }) {
+            tracing::error!(error = %e, "the last transaction failed");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    } else {
+        st.commit(consumer, CommitMode::Sync, None, true);
+    }
     st.partitions.clear();
     tracing::info!("consumer stopped; finished offsets committed");
     result

@@ -65,6 +65,10 @@ pub(crate) struct LaneControl {
     /// error message of the partition said fetching was at); `-1` before
     /// either.
     fetch_position: AtomicI64,
+    /// The offset of the first message the lane took from librdkafka; `-1`
+    /// before it took one. Where an aborted transaction rewinds a
+    /// partition that never committed.
+    first_taken: AtomicI64,
     /// Records finished so far.
     progress: AtomicU64,
     /// A record is taken and not finished.
@@ -83,6 +87,7 @@ impl LaneControl {
         LaneControl {
             commit_point: AtomicI64::new(-1),
             fetch_position: AtomicI64::new(-1),
+            first_taken: AtomicI64::new(-1),
             progress: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             held: AtomicUsize::new(0),
@@ -110,6 +115,20 @@ impl LaneControl {
         (p >= 0).then_some(p)
     }
 
+    /// The offset of the first message the lane took, if it took one.
+    pub(crate) fn first_taken(&self) -> Option<i64> {
+        let p = self.first_taken.load(Relaxed);
+        (p >= 0).then_some(p)
+    }
+
+    /// The lane took a message at `offset`; only the first is kept. Only
+    /// the lane writes it.
+    pub(crate) fn took(&self, offset: i64) {
+        if self.first_taken.load(Relaxed) < 0 {
+            self.first_taken.store(offset, Relaxed);
+        }
+    }
+
     /// The lane took records from librdkafka up to (not including)
     /// `next`. Only the lane writes it.
     pub(crate) fn fetched_to(&self, next: i64) {
@@ -128,6 +147,11 @@ impl LaneControl {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records why the lane stops: the runtime itself failed on it.
+    pub(crate) fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
     fn finished(&self, commit_point: i64) {
@@ -196,7 +220,7 @@ impl InFlightLimit {
     }
 
     /// Whether a lane waits for a slot.
-    fn has_waiters(&self) -> bool {
+    pub(super) fn has_waiters(&self) -> bool {
         self.waiters.load(Relaxed) > 0
     }
 
@@ -236,7 +260,7 @@ impl InFlightLimit {
 }
 
 /// A slot of [`InFlightLimit`], given back on drop.
-struct Permit<'a>(&'a InFlightLimit);
+pub(super) struct Permit<'a>(&'a InFlightLimit);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
@@ -339,9 +363,9 @@ impl Drop for ExitGuard {
 
 /// A running lane: what its work is served with.
 pub(crate) struct Lane<'a> {
-    shared: &'a LaneShared,
-    target: RequestTarget,
-    ctl: &'a LaneControl,
+    pub(super) shared: &'a LaneShared,
+    pub(super) target: RequestTarget,
+    pub(super) ctl: &'a LaneControl,
     wake: &'a Notify,
 }
 
@@ -378,7 +402,12 @@ impl Lane<'_> {
     /// everything before them is finished, so `first` is the commit point
     /// until they are; takes a `max_in_flight` slot unless the lane kept
     /// one. `false` when cancelled first.
-    async fn start<'s>(&'s self, first: i64, n: u64, permit: &mut Option<Permit<'s>>) -> bool {
+    pub(super) async fn start<'s>(
+        &'s self,
+        first: i64,
+        n: u64,
+        permit: &mut Option<Permit<'s>>,
+    ) -> bool {
         self.ctl.commit_point.store(first, Relaxed);
         self.ctl.busy.store(true, Relaxed);
         if permit.is_none() {
@@ -395,7 +424,7 @@ impl Lane<'_> {
     /// Ends serving `n` records started with [`Lane::start`]: when they
     /// all finished, `next` is the commit point. `false` when the lane
     /// must stop (cancelled, or failed).
-    fn end(&self, finished: Option<bool>, next: i64, n: u64) -> bool {
+    pub(super) fn end(&self, finished: Option<bool>, next: i64, n: u64) -> bool {
         let stats = &self.shared.policy.stats;
         stats.in_flight.sub(n);
         match finished {
@@ -635,7 +664,7 @@ impl Lane<'_> {
     /// The next record of the partition (skipping any delivered again),
     /// waiting for one; `None` once the lane is cancelled.
     /// A `permit` the lane holds is given back before it waits.
-    async fn next_record<'s>(
+    pub(super) async fn next_record<'s>(
         &'s self,
         source: &mut impl RecordSource,
         next: &mut Option<i64>,

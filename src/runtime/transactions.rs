@@ -1,6 +1,7 @@
 //! See [`TransactionalProducer`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, oneshot};
 
 use super::producer::ProducerConfig;
-use super::producer::{send_with, validate_record, Delivery, ProduceError};
+use super::producer::{acknowledged, enqueue, send_with, validate_record, Delivery, ProduceError};
 use crate::OutgoingRecord;
 
 /// Why a transactional operation failed, classified by what the caller can
@@ -112,6 +113,14 @@ impl TransactionCause {
         &self.message
     }
 
+    /// A cause with only a message.
+    pub(crate) fn message_only(message: impl Into<String>) -> Self {
+        TransactionCause {
+            message: message.into(),
+            source: None,
+        }
+    }
+
     fn from_error(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         TransactionCause {
             message: e.to_string(),
@@ -155,6 +164,14 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Classifies a librdkafka error of a transactional call.
+/// A send's failure as a transaction error.
+fn send_error(e: ProduceError) -> TransactionError {
+    match e {
+        ProduceError::Kafka(k) => classify(k),
+        other => TransactionError::Aborted(TransactionCause::from_error(other)),
+    }
+}
+
 fn classify(e: KafkaError) -> TransactionError {
     enum Class {
         Fenced,
@@ -344,10 +361,33 @@ impl TransactionalProducer {
         validate_record(record, self.max_message_bytes).map_err(TransactionError::Invalid)?;
         send_with(&self.producer, record, self.config.send_timeout)
             .await
-            .map_err(|e| match e {
-                ProduceError::Kafka(k) => classify(k),
-                other => TransactionError::Aborted(TransactionCause::from_error(other)),
-            })
+            .map_err(send_error)
+    }
+
+    /// Puts `record` in the open transaction without waiting for the
+    /// broker: returns once librdkafka queued it (waiting only while its
+    /// queue is full), with a future that resolves to the broker's answer.
+    /// The exactly-once runtime queues each record's outputs as the record
+    /// finishes and awaits the answers before committing.
+    pub(crate) async fn enqueue(
+        &self,
+        record: OutgoingRecord,
+    ) -> Result<impl Future<Output = Result<(), TransactionError>> + Send + 'static, TransactionError>
+    {
+        if !self.open.load(SeqCst) {
+            return Err(TransactionError::State(
+                "send outside a transaction: call begin first".into(),
+            ));
+        }
+        validate_record(&record, self.max_message_bytes).map_err(TransactionError::Invalid)?;
+        let delivery = enqueue(&self.producer, &record, self.config.send_timeout)
+            .await
+            .map_err(send_error)?;
+        // Freed here, on the caller's thread, not where the answer is
+        // awaited: only what an error names is kept.
+        let size = record.payload.as_ref().map_or(0, |p| p.len());
+        let topic = record.topic;
+        Ok(async move { acknowledged(delivery.await, &topic, size).map_err(send_error) })
     }
 
     /// Adds consumed offsets to the open transaction (consume-transform-produce).

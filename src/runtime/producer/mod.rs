@@ -372,7 +372,7 @@ where
 
 /// Puts `record` in the producer's queue, waiting up to `queue_timeout`
 /// while the queue is full; the future resolves with the broker's answer.
-async fn enqueue<C>(
+pub(crate) async fn enqueue<C>(
     producer: &FutureProducer<C>,
     record: &OutgoingRecord,
     queue_timeout: Duration,
@@ -427,17 +427,39 @@ fn delivered<Canceled>(
     }
 }
 
+/// The broker's answer to one record of `topic` with a payload of `size`
+/// bytes, when only the answer's outcome matters.
+pub(crate) fn acknowledged<Canceled>(
+    answer: Result<OwnedDeliveryResult, Canceled>,
+    topic: &str,
+    size: usize,
+) -> Result<(), ProduceError> {
+    match answer {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(produce_error_of(e, topic, size)),
+        Err(_) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+    }
+}
+
 fn produce_error(e: KafkaError, record: &OutgoingRecord) -> ProduceError {
+    produce_error_of(
+        e,
+        &record.topic,
+        record.payload.as_ref().map_or(0, |p| p.len()),
+    )
+}
+
+fn produce_error_of(e: KafkaError, topic: &str, size: usize) -> ProduceError {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge {
-            size: record.payload.as_ref().map_or(0, |p| p.len()),
+            size,
             limit: usize::MAX,
         },
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-            ProduceError::UnknownTopic(record.topic.clone())
+            ProduceError::UnknownTopic(topic.to_owned())
         }
         Some(RDKafkaErrorCode::MessageTimedOut) => ProduceError::DeliveryTimedOut {
-            topic: record.topic.clone(),
+            topic: topic.to_owned(),
         },
         _ => ProduceError::Kafka(e),
     }
