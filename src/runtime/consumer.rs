@@ -818,6 +818,20 @@ impl PollState {
         Ok(())
     }
 
+    /// Removes `tps`, whose lanes exited, keeping what their last
+    /// transaction still needs of them.
+    fn leave(&mut self, tps: &[TopicPartition]) -> Vec<Leaving> {
+        tps.iter()
+            .filter_map(|tp| {
+                self.partitions.remove(tp).map(|ps| Leaving {
+                    tp: tp.clone(),
+                    ctl: ps.ctl,
+                    committed: ps.committed,
+                })
+            })
+            .collect()
+    }
+
     /// Exactly-once mode: stops the lanes of `revoked` (their in-flight
     /// records may finish), ends the open transaction with their offsets,
     /// and tells `on_partitions_revoked`.
@@ -827,16 +841,7 @@ impl PollState {
         revoked: &[TopicPartition],
     ) -> Result<(), ConsumerError> {
         self.drain(revoked);
-        let mut leaving: Vec<Leaving> = revoked
-            .iter()
-            .filter_map(|tp| {
-                self.partitions.remove(tp).map(|ps| Leaving {
-                    tp: tp.clone(),
-                    ctl: ps.ctl,
-                    committed: ps.committed,
-                })
-            })
-            .collect();
+        let mut leaving = self.leave(revoked);
         let Some(mut tx) = self.transactions.take() else {
             return Ok(());
         };
@@ -1151,16 +1156,7 @@ fn poll_loop(
     let all: Vec<TopicPartition> = st.partitions.keys().cloned().collect();
     st.drain(&all);
     if let Some(mut tx) = st.transactions.take() {
-        let mut leaving: Vec<Leaving> = all
-            .iter()
-            .filter_map(|tp| {
-                st.partitions.remove(tp).map(|ps| Leaving {
-                    tp: tp.clone(),
-                    ctl: ps.ctl,
-                    committed: ps.committed,
-                })
-            })
-            .collect();
+        let mut leaving = st.leave(&all);
         // The partitions leave with the consumer.
         let names: Vec<(String, i32)> = all.iter().map(|(t, p)| (t.to_string(), *p)).collect();
         if let Err(e) = tx.round(&mut st, consumer, &mut leaving, false, |tx| {

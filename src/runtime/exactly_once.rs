@@ -16,7 +16,7 @@ use super::attempt::{panic_failure, serve_attempts, AttemptPolicy, Attempted};
 use super::config::DeadLetterPolicy;
 use super::consumer::{Consumer, ConsumerError, PollState, RuntimeContext};
 use super::dead_letter::provenance_headers;
-use super::lane::{Lane, LaneControl, LaneWork, RecordSource, TopicPartition};
+use super::lane::{dead_letter_failed, Lane, LaneControl, LaneWork, RecordSource, TopicPartition};
 use super::outcome::Failure;
 use super::producer::ProducerConfig;
 use super::service::RecordService;
@@ -510,15 +510,9 @@ impl<S: RecordService> LaneWork for Transactional<S> {
         let mut next: Option<i64> = None;
         let mut permit = None;
         loop {
-            if lane.shared.in_flight.has_waiters() {
-                permit = None;
-            }
-            let Some(record) = lane.next_record(source, &mut next, &mut permit).await else {
+            let Some(record) = lane.next_started(source, &mut next, &mut permit).await else {
                 return;
             };
-            if !lane.start(record.offset, 1, &mut permit).await {
-                return;
-            }
             // Into the open transaction, once it has room.
             let open = loop {
                 let open = tokio::select! {
@@ -591,14 +585,8 @@ impl<S: RecordService> LaneWork for Transactional<S> {
                                     "a dead letter failed",
                                 )));
                             }
-                            lane.ctl.fail(format!(
-                                "{}[{}]@{}: {}; its dead letter failed too: {}",
-                                record.topic,
-                                record.partition,
-                                record.offset,
-                                failure.message,
-                                panic_failure(&*again).message
-                            ));
+                            lane.ctl
+                                .fail(dead_letter_failed(&record, &failure, &*again));
                             lane.end(None, record.offset, 1);
                             return;
                         }

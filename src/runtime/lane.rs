@@ -220,7 +220,7 @@ impl InFlightLimit {
     }
 
     /// Whether a lane waits for a slot.
-    pub(super) fn has_waiters(&self) -> bool {
+    fn has_waiters(&self) -> bool {
         self.waiters.load(Relaxed) > 0
     }
 
@@ -382,20 +382,30 @@ impl Lane<'_> {
         let mut next: Option<i64> = None;
         let mut permit: Option<Permit<'_>> = None;
         loop {
-            if self.shared.in_flight.has_waiters() {
-                permit = None;
-            }
-            let Some(record) = self.next_record(source, &mut next, &mut permit).await else {
+            let Some(record) = self.next_started(source, &mut next, &mut permit).await else {
                 return;
             };
-            if !self.start(record.offset, 1, &mut permit).await {
-                return;
-            }
             let finished = self.serve_supervised(&record, &mut service).await;
             if !self.end(finished, record.offset + 1, 1) {
                 return;
             }
         }
+    }
+
+    /// The partition's next record, started (see [`Lane::start`]): the
+    /// lane keeps its `max_in_flight` slot from one record to the next
+    /// while no other lane waits for one. `None` when cancelled.
+    pub(super) async fn next_started<'s>(
+        &'s self,
+        source: &mut impl RecordSource,
+        next: &mut Option<i64>,
+        permit: &mut Option<Permit<'s>>,
+    ) -> Option<ConsumedRecord> {
+        if self.shared.in_flight.has_waiters() {
+            *permit = None;
+        }
+        let record = self.next_record(source, next, permit).await?;
+        self.start(record.offset, 1, permit).await.then_some(record)
     }
 
     /// Starts serving `n` records from offset `first`, in partition order:
@@ -664,7 +674,7 @@ impl Lane<'_> {
     /// The next record of the partition (skipping any delivered again),
     /// waiting for one; `None` once the lane is cancelled.
     /// A `permit` the lane holds is given back before it waits.
-    pub(super) async fn next_record<'s>(
+    async fn next_record<'s>(
         &'s self,
         source: &mut impl RecordSource,
         next: &mut Option<i64>,
@@ -759,21 +769,30 @@ impl Lane<'_> {
                 Ok(true) => {}
                 Ok(false) => return Some(false),
                 Err(again) => {
-                    let message = format!(
-                        "{}[{}]@{}: {}; its dead letter failed too: {}",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        failure.message,
-                        panic_failure(&*again).message
-                    );
-                    *self.ctl.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                    self.ctl.fail(dead_letter_failed(record, &failure, &*again));
                     return None;
                 }
             }
         }
         Some(true)
     }
+}
+
+/// Why a lane stops: its record's dead letter, after a panic of the
+/// runtime's own code, panicked too.
+pub(super) fn dead_letter_failed(
+    record: &ConsumedRecord,
+    failure: &super::outcome::Failure,
+    again: &(dyn std::any::Any + Send),
+) -> String {
+    format!(
+        "{}[{}]@{}: {}; its dead letter failed too: {}",
+        record.topic,
+        record.partition,
+        record.offset,
+        failure.message,
+        panic_failure(again).message
+    )
 }
 
 /// The index of the first waiting record whose key is neither being served
