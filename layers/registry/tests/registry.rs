@@ -76,15 +76,16 @@ fn with_deadline(command: &mut Command) -> std::process::Output {
     let status = child.wait().unwrap();
     let _ = tx.send(());
     watchdog.join().unwrap();
+    let err = err_reader.join().unwrap();
     assert!(
         status.code().is_some(),
-        "{command:?} ran longer than {:?} and was killed",
+        "{command:?} ran longer than {:?} and was killed; its stderr:\n{err}",
         kit::WAIT
     );
     std::process::Output {
         status,
         stdout: out.into_bytes(),
-        stderr: err_reader.join().unwrap().into_bytes(),
+        stderr: err.into_bytes(),
     }
 }
 

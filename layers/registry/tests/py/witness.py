@@ -13,6 +13,7 @@ JSON line per record: the value AvroDeserializer decoded, the schema id of
 the frame, and whether the body after the frame is byte-identical to
 fastavro's encoding of that value with the writer schema.
 """
+import faulthandler
 import io
 import json
 import sys
@@ -44,7 +45,12 @@ def serialized(serializer, topic, values):
 
 def main():
     cmd, bootstrap, url, topic = sys.argv[1:5]
-    registry = SchemaRegistryClient({"url": url})
+    # Before the test's 90 s deadline: print where this process is and exit,
+    # so a stall is reported with its place rather than killed silently.
+    faulthandler.dump_traceback_later(75, exit=True)
+    # The client waits forever for an answer by default: a request the
+    # registry never answers fails after 10 s instead and is retried.
+    registry = SchemaRegistryClient({"url": url, "timeout": 10})
     if cmd == "produce-avro":
         schema, values = sys.argv[5], json.loads(sys.argv[6])
         payloads, schema_id = serialized(AvroSerializer(registry, schema), topic, values)
